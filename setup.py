@@ -1,0 +1,43 @@
+"""Packaging for ogkernels (see README.md)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ogkernels",
+    version="0.1.0",
+    description=(
+        "Fused Triton kernels and a drop-in OG-Fusion connector for object-guided visual "
+        "tokens (OG-LLaVA): mask downsampling, row selection and varlen packing."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ogkernels", "ogkernels.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        # Triton ships with the CUDA builds of torch; name it for CPU-only torch installs.
+        "triton": ["triton>=3.0"],
+        "hf": ["transformers>=4.57"],
+        "masks": ["pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60"],
+        # SAM 2 itself: `SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0`
+        "sam2": ["sam2>=1.1", "pycocotools>=2.0", "tqdm>=4.60"],
+        "gpu": ["flash-attn>=2.7"],
+        "test": [
+            "pytest>=8",
+            "pytest-benchmark>=5",
+            "hypothesis>=6.100",
+            "pycocotools>=2.0",
+            "safetensors>=0.4",
+            "tqdm>=4.60",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "ogkernels-budget=ogkernels.budget_cli:main",
+        ],
+    },
+)
