@@ -151,12 +151,13 @@ def downsampled_masks_for_image(
     ]
 
 
-def clean_for_image(raw: list[torch.Tensor], flags: ReferenceFlags) -> list[torch.Tensor]:
-    """§3 steps 2–5: limits, image filling, cleaning."""
+def clean_for_image(
+    raw: list[torch.Tensor], num_tokens: int, flags: ReferenceFlags
+) -> list[torch.Tensor]:
+    """§3 steps 2–5: limits, image filling, cleaning (``raw``: bool vectors of length V)."""
     if flags.mask_limiting and len(raw) > flags.mask_limit:
         return check_resised_image_masks(raw)[: flags.mask_limit]
     if flags.image_filling:
-        num_tokens = raw[0].numel() if raw else 0
         covered = torch.zeros(num_tokens, dtype=torch.bool)
         for mask in raw:
             covered |= mask
@@ -226,7 +227,7 @@ def og_fusion_embed(
     for b in range(batch):
         image_masks = masks[b] if b < len(masks) else None
         raw = downsampled_masks_for_image(image_masks, num_tokens, flags)
-        kept = [m.to(features.device) for m in clean_for_image(raw, flags)]
+        kept = [m.to(features.device) for m in clean_for_image(raw, num_tokens, flags)]
         sequences.append(embed_image(features[b], kept, bom_token, flags))
         kept_all.append(kept)
         counts = [int(m.sum()) for m in kept]

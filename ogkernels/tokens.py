@@ -1,0 +1,266 @@
+"""``og_tokens``: object-guided visual tokens as one packed varlen batch (functional API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+
+from ._validation import check_choice, check_positive_int, describe, fail
+from .downsample import FRAMES, MODES, Grid, downsample_masks, parse_grid
+from .ops.gather_rows import gather_rows
+from .ops.token_plan import GLOBAL_VIEWS, Layout, TokenPlan, placement_indices, plan_tokens, source_index
+from .packed_masks import PackedMasks
+from .varlen import VarlenBatch
+
+ImageMasks = Union[torch.Tensor, PackedMasks, None]
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """How raw masks become token bitmaps (see :func:`ogkernels.downsample_masks`)."""
+
+    alpha: float = 0.5
+    mode: str = "flat"
+    frame: str = "none"
+    grid: Grid | None = None  # patch mode: (gh, gw) with gh·gw = V; default square
+
+
+def token_bitmaps(
+    masks: Sequence[ImageMasks], num_tokens: int, options: MaskOptions, device: torch.device | None
+) -> tuple[torch.Tensor, list[int]]:
+    """Bitmaps ``(M, V)`` of every image's masks, in order, and the mask count per image.
+
+    Items may be raw ``(N, H, W)`` masks or :class:`PackedMasks` (downsampled in one call),
+    already-downsampled ``(N, V)`` bitmaps, or None (no masks).
+    """
+    check_choice("mode", options.mode, MODES)
+    grid = options.grid if options.grid is not None else num_tokens
+    shape = parse_grid(grid, options.mode)
+    if shape[0] * shape[1] != num_tokens:
+        fail("grid", f"gh·gw == V = {num_tokens}", tuple(shape))
+    if not isinstance(masks, (list, tuple)):
+        fail("masks", "a list with one entry per image", masks, error=TypeError)
+    raw, counts, bitmaps = [], [], []
+    for i, item in enumerate(masks):
+        name = f"masks[{i}]"
+        if item is None:
+            counts.append(0)
+            continue
+        item_device = item.device
+        if device is not None and item_device != device:
+            fail(name, f"masks on {device} (the device of features)", describe(item) if isinstance(item, torch.Tensor) else f"PackedMasks on {item_device}")
+        if isinstance(item, torch.Tensor) and item.dim() == 2:
+            if item.shape[1] != num_tokens:
+                fail(name, f"downsampled bitmaps (N, V) with V = {num_tokens}", item)
+            if item.dtype != torch.bool:
+                if item.dtype.is_complex or (item.numel() and not bool(((item == 0) | (item == 1)).all())):
+                    fail(name, "bitmap values in {0, 1}", item)
+                item = item != 0
+            bitmaps.append((i, item))
+            counts.append(item.shape[0])
+        elif isinstance(item, (torch.Tensor, PackedMasks)):
+            if isinstance(item, torch.Tensor) and item.dim() != 3:
+                fail(name, "(N, H, W) masks or (N, V) bitmaps", item)
+            raw.append((i, item))
+            counts.append(item.num_masks if isinstance(item, PackedMasks) else item.shape[0])
+        else:
+            fail(name, "a mask tensor, a PackedMasks or None", item, error=TypeError)
+    target = device if device is not None else _first_device(masks)
+    pieces: dict[int, torch.Tensor] = dict(bitmaps)
+    if raw:
+        flat = downsample_masks(
+            [item for _, item in raw], shape, alpha=options.alpha, mode=options.mode, frame=options.frame
+        )
+        start = 0
+        for i, _ in raw:
+            pieces[i] = flat[start : start + counts[i]]
+            start += counts[i]
+    ordered = [pieces[i] for i in range(len(masks)) if i in pieces]
+    if not ordered:
+        return torch.zeros(0, num_tokens, dtype=torch.bool, device=target), counts
+    return (ordered[0] if len(ordered) == 1 else torch.cat(ordered, dim=0)), counts
+
+
+def _first_device(masks: Sequence[ImageMasks]) -> torch.device:
+    for item in masks:
+        if item is not None:
+            return item.device
+    return torch.device("cpu")
+
+
+def make_layout(
+    global_view: str,
+    no_masktoken: bool,
+    image_filling: bool,
+    averaging: bool,
+    max_masks: int | None,
+) -> Layout:
+    check_choice("global_view", global_view, GLOBAL_VIEWS)
+    for name, flag in (("no_masktoken", no_masktoken), ("image_filling", image_filling), ("averaging", averaging)):
+        if not isinstance(flag, bool):
+            fail(name, "a bool", flag, error=TypeError)
+    if max_masks is not None:
+        check_positive_int("max_masks", max_masks)
+    return Layout(global_view, not no_masktoken, averaging, image_filling, max_masks)
+
+
+def og_token_lengths(
+    masks: Sequence[ImageMasks],
+    grid: Grid,
+    *,
+    global_view: str = "mean",
+    alpha: float = 0.5,
+    mode: str = "flat",
+    frame: str = "none",
+    no_masktoken: bool = False,
+    image_filling: bool = False,
+    averaging: bool = False,
+    max_masks: int | None = None,
+) -> torch.Tensor:
+    """Each image's OG token count ``(B,)`` int64, exactly ``og_tokens(...).lengths``,
+    without touching features. ``grid``: ``V`` or ``(gh, gw)``."""
+    shape = parse_grid(grid, mode)
+    layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks)
+    options = MaskOptions(alpha, mode, frame, shape)
+    bitmaps, counts = token_bitmaps(masks, shape[0] * shape[1], options, None)
+    return plan_tokens(bitmaps, counts, layout).lengths
+
+
+def _check_features(features: torch.Tensor, masks: object, bom_token: torch.Tensor | None) -> None:
+    if not isinstance(features, torch.Tensor):
+        fail("features", "a (B, V, F) tensor", features, error=TypeError)
+    if features.dim() != 3:
+        fail("features", "a (B, V, F) tensor", features)
+    if features.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        fail("features", "dtype float16, bfloat16, float32 or float64", features, error=TypeError)
+    if features.shape[1] < 1:
+        fail("features", "V >= 1 patch rows", features)
+    if not isinstance(masks, (list, tuple)):
+        fail("masks", "a list with one entry per image", masks, error=TypeError)
+    if len(masks) != features.shape[0]:
+        fail("masks", f"{features.shape[0]} entries (one per image of features)", masks)
+    if bom_token is not None:
+        if not isinstance(bom_token, torch.Tensor):
+            fail("bom_token", "a (1, F) tensor", bom_token, error=TypeError)
+        if tuple(bom_token.shape) != (1, features.shape[2]):
+            fail("bom_token", f"shape (1, {features.shape[2]})", bom_token)
+        if bom_token.dtype != features.dtype:
+            fail("bom_token", f"dtype {features.dtype} (the dtype of features)", bom_token, error=TypeError)
+        if bom_token.device != features.device:
+            fail("bom_token", f"a tensor on {features.device} (the device of features)", bom_token)
+
+
+def _buffer_size(plan: TokenPlan, max_tokens: int | None, counts: list[int]) -> tuple[int, int]:
+    """Rows of the output buffer and ``max_seqlen``: one host sync, or none with a bound."""
+    if max_tokens is None:
+        if plan.batch_size == 0:
+            return 0, 0
+        total, longest = torch.stack([plan.cu_seqlens[-1].long(), plan.lengths.max()]).tolist()
+        if total > INT32_MAX:
+            fail("masks", f"at most {INT32_MAX} tokens in total (int32 cu_seqlens)", f"{total} tokens")
+        return total, longest
+    check_positive_int("max_tokens", max_tokens)
+    if max_tokens > INT32_MAX:
+        fail("max_tokens", f"<= {INT32_MAX} (int32 cu_seqlens)", max_tokens)
+    total = plan.cu_seqlens[-1]
+    if total.device.type == "cpu":
+        if int(total) > max_tokens:
+            fail("max_tokens", f">= the batch's {int(total)} tokens", max_tokens)
+    else:
+        torch._assert_async(total <= max_tokens, "og_tokens: max_tokens is smaller than the batch's tokens")
+    layout = plan.layout
+    per_mask = int(layout.bom) + (1 if layout.averaging else plan.num_tokens)
+    fillers = int(layout.image_filling)
+    bound = max(
+        (layout.global_rows(plan.num_tokens) + (n + fillers) * per_mask for n in counts), default=0
+    )
+    return max_tokens, min(bound, max_tokens)
+
+
+def _mask_means(features: torch.Tensor, plan: TokenPlan) -> torch.Tensor:
+    """``averaging``: the mean of each kept mask's rows ``(K, F)``, accumulated in float32."""
+    weights = (plan.bitmaps & plan.keep[:, None]).to(torch.float32)
+    counts = plan.token_counts.clamp(min=1).to(torch.float32)[:, None]
+    acc_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    rows = features.to(acc_dtype)
+    gathered = torch.bmm(weights.to(acc_dtype).unsqueeze(1), rows.index_select(0, plan.mask_image))
+    return (gathered.squeeze(1) / counts).to(features.dtype)
+
+
+def og_tokens(
+    features: torch.Tensor,
+    masks: Sequence[ImageMasks],
+    bom_token: torch.Tensor | None = None,
+    *,
+    global_view: str = "mean",
+    alpha: float = 0.5,
+    mode: str = "flat",
+    frame: str = "none",
+    grid: Grid | None = None,
+    no_masktoken: bool = False,
+    image_filling: bool = False,
+    averaging: bool = False,
+    max_masks: int | None = None,
+    max_tokens: int | None = None,
+) -> VarlenBatch:
+    """Build every image's object-guided token sequence into one packed buffer.
+
+    Per image (the reference layout): the global row (``global_view="mean"``: the mean of
+    its ``V`` patch rows, accumulated in float32; ``"full"``: all ``V`` rows; ``"none"``),
+    then for each kept mask a BOM row and the mask's patch rows in ascending token order.
+    Cleaning follows the reference: a lone empty mask selects every token, empty masks are
+    dropped when there are several, an image left with none contributes its global row only.
+
+    Args:
+        features: ``(B, V, F)`` patch features, float16/bfloat16/float32/float64.
+        masks: ``B`` entries: raw ``(N, H, W)`` masks, :class:`PackedMasks`, downsampled
+            ``(N, V)`` bitmaps, or None; on the features' device.
+        bom_token: ``(1, F)`` begin-of-mask row in the features' dtype; None leaves the BOM
+            rows zero (their ``source_index`` is ``BOM_ROW``, for the caller to fill).
+        global_view, alpha, mode, frame, grid: see above and :func:`downsample_masks`.
+        no_masktoken: no BOM rows. image_filling: append the tokens no mask covers as a last
+        mask. averaging: each mask contributes the mean of its rows (1 row). max_masks: keep
+        at most this many masks per image (after cleaning, in order).
+        max_tokens: an upper bound on the total token count: sizes the buffer without any
+            host sync (rows past ``cu_seqlens[-1]`` are zero; ``max_seqlen`` becomes a bound).
+
+    Returns:
+        :class:`VarlenBatch` with ``values (T, F)``; differentiable w.r.t. ``features`` and
+        ``bom_token`` with deterministic gradients.
+    """
+    _check_features(features, masks, bom_token)
+    layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks)
+    check_choice("frame", frame, FRAMES)
+    batch, num_tokens, width = features.shape
+    options = MaskOptions(alpha, mode, frame, grid)
+    bitmaps, counts = token_bitmaps(masks, num_tokens, options, features.device)
+    plan = plan_tokens(bitmaps, counts, layout)
+    rows, max_seqlen = _buffer_size(plan, max_tokens, counts)
+    table_index, row_index = placement_indices(plan, rows)
+    return VarlenBatch(
+        gather_rows(token_tables(features, bom_token, plan), table_index, row_index),
+        plan.cu_seqlens,
+        max_seqlen,
+        source_index(table_index, row_index),
+    )
+
+
+def token_tables(
+    features: torch.Tensor, bom_token: torch.Tensor | None, plan: TokenPlan
+) -> list[torch.Tensor]:
+    """The gather tables of a plan, in table order: patch rows ``(B·V, F)``, global rows,
+    BOM row, and (with ``averaging``) mask means."""
+    batch, num_tokens, width = features.shape
+    patch = features.reshape(batch * num_tokens, width)
+    if plan.layout.global_view == "mean":
+        global_rows = features.mean(dim=1)
+    else:
+        global_rows = features.new_zeros(1, width)
+    bom = bom_token if bom_token is not None else features.new_zeros(1, width)
+    tables = [patch, global_rows, bom]
+    if plan.layout.averaging:
+        tables.append(_mask_means(features, plan))
+    return tables
