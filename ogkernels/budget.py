@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import torch
 
-from ._validation import check_choice, check_positive_int, fail
+from ._validation import check_positive_int, fail
 
 __all__ = [
     "ANYRES_GRID_PINPOINTS",
@@ -86,7 +86,9 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llava": {"image_size": 336, "patch_size": 14, "include_cls": False},
     # Qwen2-VL / Qwen2.5-VL: transformers' ``Qwen2VLImageProcessor`` defaults
     # (``size = {"shortest_edge": 56·56, "longest_edge": 28·28·1280}``).
-    "qwen": {"patch_size": 14, "merge_size": 2, "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280},
+    "qwen": {
+        "patch_size": 14, "merge_size": 2, "min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280
+    },
     # Qwen3-VL: the same resize rule with QWEN3_VL_PARAMS.
     "qwen3": dict(QWEN3_VL_PARAMS),
     # LLaVA-NeXT (llava-v1.6) AnyRes: 336 px tiles of CLIP ViT-L/14-336.
@@ -103,11 +105,22 @@ STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
 #: The strategies :func:`visual_token_count` knows.
 STRATEGIES: tuple[str, ...] = tuple(STRATEGY_DEFAULTS)
 
-_INT_PARAMS = {"image_size", "patch_size", "merge_size", "min_pixels", "max_pixels", "mm_tokens_per_image"}
+_INT_PARAMS = {
+    "image_size", "patch_size", "merge_size", "min_pixels", "max_pixels", "mm_tokens_per_image"
+}
 _BOOL_PARAMS = {"include_cls", "unpad"}
 
 # The published Qwen resize rejects aspect ratios above this.
 _QWEN_MAX_ASPECT_RATIO = 200
+
+
+def _check_choice(argument: str, value: Any, choices: Sequence[str]) -> str:
+    names = ", ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        fail(argument, f"a str, one of {names}", value, error=TypeError)
+    if value not in choices:
+        fail(argument, f"one of {names}", repr(value))
+    return value
 
 
 def _check_bool(argument: str, value: Any) -> bool:
@@ -118,7 +131,8 @@ def _check_bool(argument: str, value: Any) -> bool:
 
 def _check_pinpoints(argument: str, value: Any) -> tuple[tuple[int, int], ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
-        fail(argument, "a non-empty list of (height, width) pairs of positive ints", value, error=TypeError)
+        expected = "a non-empty list of (height, width) pairs of positive ints"
+        fail(argument, expected, value, error=TypeError)
     pairs = []
     for i, pair in enumerate(value):
         if (
@@ -177,7 +191,7 @@ def qwen_resized_size(
        ``ceil(side·β / factor)·factor``.
 
     The floating-point operations are done in the published order so that results agree
-    bit for bit (e.g. ``20×20`` → ``84×84``, because ``20·2.8/28`` rounds above 2).
+    bit for bit with it (checked against transformers on random sizes in the tests).
     ``factor = patch_size·merge_size`` (28 for Qwen2/2.5-VL, 32 for Qwen3-VL).
     """
     height = check_positive_int("height", height)
@@ -344,9 +358,7 @@ def visual_token_count(strategy: str, height: int, width: int, **params: Any) ->
             beyond Qwen's 200 limit.
         TypeError: a parameter of the wrong type, or one ``strategy`` does not take.
     """
-    if not isinstance(strategy, str):
-        fail("strategy", "a str, one of " + ", ".join(repr(s) for s in STRATEGIES), strategy, error=TypeError)
-    check_choice("strategy", strategy, STRATEGIES)
+    _check_choice("strategy", strategy, STRATEGIES)
     height = check_positive_int("height", height)
     width = check_positive_int("width", width)
     return _COUNTERS[strategy](height, width, _strategy_params(strategy, params))
@@ -364,7 +376,7 @@ def og_token_counts(masks: Any, grid: Any, **og_tokens_options: Any) -> list[int
     """
     from .tokens import og_token_lengths  # lazy: keeps ``import ogkernels.budget`` light
 
-    return [int(n) for n in og_token_lengths(masks, grid, **og_tokens_options).tolist()]
+    return og_token_lengths(masks, grid, **og_tokens_options).tolist()
 
 
 # ----------------------------------------------------------------------------------------
@@ -397,7 +409,9 @@ class LLMDims:
 
         ``d·(h·d_h) + 2·d·(h_kv·d_h) + (h·d_h)·d + 3·d·d_ff`` (biases and norms ignored).
         """
-        d, q_width, kv_width = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        d = self.hidden_size
+        q_width = self.num_attention_heads * self.head_dim
+        kv_width = self.num_key_value_heads * self.head_dim
         return d * q_width + 2 * d * kv_width + q_width * d + 3 * d * self.intermediate_size
 
     @property
@@ -447,10 +461,16 @@ def llm_dims(config: ConfigLike) -> LLMDims:
         return config
     if isinstance(config, str):
         if config not in LLM_PRESETS:
-            fail("config", "a preset name, one of " + ", ".join(repr(k) for k in LLM_PRESETS), config)
+            names = ", ".join(repr(k) for k in LLM_PRESETS)
+            fail("config", f"a preset name, one of {names}", repr(config))
         return LLM_PRESETS[config]
     if config is None or isinstance(config, (bool, int, float, bytes, Sequence)):
-        fail("config", "a transformers PretrainedConfig, a config dict, a preset name or LLMDims", config, error=TypeError)
+        fail(
+            "config",
+            "a transformers PretrainedConfig, a config dict, a preset name or LLMDims",
+            config,
+            error=TypeError,
+        )
     prefix = "config"
     text_config = _config_get(config, "text_config")
     if text_config is not None:
@@ -468,7 +488,9 @@ def llm_dims(config: ConfigLike) -> LLMDims:
     intermediate = required("intermediate_size")
     vocab = required("vocab_size")
     kv_heads = _config_get(config, "num_key_value_heads")
-    kv_heads = heads if kv_heads is None else check_positive_int(f"{prefix}.num_key_value_heads", kv_heads)
+    if kv_heads is None:
+        kv_heads = heads
+    kv_heads = check_positive_int(f"{prefix}.num_key_value_heads", kv_heads)
     head_dim = _config_get(config, "head_dim")
     if head_dim is None:
         if hidden % heads:
@@ -508,7 +530,8 @@ def dtype_bytes(dtype: Union[str, torch.dtype]) -> int:
         fail("dtype", "a torch.dtype or a dtype name such as 'bf16'", dtype, error=TypeError)
     key = dtype.lower().removeprefix("torch.")
     if key not in _DTYPE_BYTES:
-        fail("dtype", "one of " + ", ".join(repr(k) for k in _DTYPE_BYTES) + " or a torch.dtype", dtype)
+        names = ", ".join(repr(k) for k in _DTYPE_BYTES)
+        fail("dtype", f"one of {names} or a torch.dtype", repr(dtype))
     return _DTYPE_BYTES[key]
 
 
@@ -525,7 +548,8 @@ def kv_cache_bytes(tokens: int, config: ConfigLike, dtype: Union[str, torch.dtyp
     ``layers × 2 (K and V) × kv_heads × head_dim × dtype_bytes × tokens``."""
     tokens = _check_tokens("tokens", tokens)
     dims = llm_dims(config)
-    return dims.num_hidden_layers * 2 * dims.num_key_value_heads * dims.head_dim * dtype_bytes(dtype) * tokens
+    per_token = dims.num_hidden_layers * 2 * dims.num_key_value_heads * dims.head_dim
+    return per_token * dtype_bytes(dtype) * tokens
 
 
 _LM_HEAD_MODES = ("last", "all", "none")
@@ -539,7 +563,7 @@ def linear_flops(seq_len: int, config: ConfigLike, *, lm_head: str = "last") -> 
     ``L`` (``"all"``: a training forward) or 0 (``"none"``). Norms, RoPE, activations and
     the softmax are not counted."""
     seq_len = _check_tokens("seq_len", seq_len)
-    check_choice("lm_head", lm_head, _LM_HEAD_MODES)
+    _check_choice("lm_head", lm_head, _LM_HEAD_MODES)
     dims = llm_dims(config)
     logits = {"last": min(seq_len, 1), "all": seq_len, "none": 0}[lm_head]
     return 2 * dims.params_per_token * seq_len + 2 * dims.hidden_size * dims.vocab_size * logits
@@ -652,7 +676,8 @@ def batch_budget(
     model's own window, or a training truncation length such as 2048).
     """
     if isinstance(lengths, (str, bytes, torch.Tensor)) or not isinstance(lengths, Sequence):
-        fail("lengths", "a sequence of non-negative ints (tokens per sample)", lengths, error=TypeError)
+        expected = "a sequence of non-negative ints (tokens per sample)"
+        fail("lengths", expected, lengths, error=TypeError)
     visual = [_check_tokens(f"lengths[{i}]", n) for i, n in enumerate(lengths)]
     if isinstance(text_tokens, int) and not isinstance(text_tokens, bool):
         text = [_check_tokens("text_tokens", text_tokens)] * len(visual)

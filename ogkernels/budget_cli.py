@@ -36,7 +36,7 @@ def parse_size(text: str) -> tuple[int, int]:
         if height >= 1 and width >= 1:
             return height, width
     raise argparse.ArgumentTypeError(
-        f"--image: expected HEIGHTxWIDTH with positive ints (e.g. 480x640), got {text!r}"
+        f"expected HEIGHTxWIDTH with positive ints (e.g. 480x640), got {text!r}"
     )
 
 
@@ -48,7 +48,7 @@ def parse_grid(text: str) -> int | tuple[int, int]:
         return parse_size(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"--grid: expected V or GHxGW with positive ints (e.g. 576 or 24x24), got {text!r}"
+            f"expected V or GHxGW with positive ints (e.g. 576 or 24x24), got {text!r}"
         ) from None
 
 
@@ -158,7 +158,7 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
     per_elem = budget.dtype_bytes(args.dtype)
     causal = args.attention == "causal"
     images: list[dict[str, Any]] = [
-        {"source": f"{h}x{w}", "height": h, "width": w} for h, w in args.image
+        {"source": "--image", "height": h, "width": w} for h, w in args.image
     ]
     masks = [load_masks(path) for path in args.masks]
     for path, m in zip(args.masks, masks):
@@ -222,8 +222,8 @@ def compute(args: argparse.Namespace) -> dict[str, Any]:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *rows]]
-    return "\n".join(lines)
+    lines = ("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [header, *rows])
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def mib(n_bytes: int) -> str:
@@ -247,19 +247,21 @@ def render_table(data: dict[str, Any]) -> str:
     )
     rows = []
     for index, image in enumerate(data["images"]):
+        size = f"{image['height']}x{image['width']}"
         for name in data["strategies"]:
             n = image["tokens"][name]
             if n is None:
-                rows.append([str(index), image["source"], f"{image['height']}x{image['width']}", name, "-", "-", "-", "-"])
+                rows.append([str(index), size, name, "-", "-", "-", "-", image["source"]])
                 continue
             cost = image["cost"][name]
             flops = cost["prefill_flops_linear"] + cost["prefill_flops_attention"]
             rows.append([
-                str(index), image["source"], f"{image['height']}x{image['width']}", name, str(n),
-                str(cost["context_tokens"]), mib(cost["kv_cache_bytes"]), tflops(flops),
+                str(index), size, name, str(n), str(cost["context_tokens"]),
+                mib(cost["kv_cache_bytes"]), tflops(flops), image["source"],
             ])
     per_image = _table(
-        ["image", "source", "HxW", "strategy", "visual_tokens", "context_tokens", "kv_cache_MiB", "prefill_TFLOPs"],
+        ["image", "HxW", "strategy", "visual_tokens", "context_tokens", "kv_cache_MiB",
+         "prefill_TFLOPs", "source"],
         rows,
     )
     batch_rows = []

@@ -129,16 +129,21 @@ def phi_bins_kernel(
         seg_to = mask_slot + y * pitch + x1
         first_word = seg_from // PPW
         last_word = (seg_to - 1) // PPW
-        num_words = tl.where(seg_ok, last_word - first_word + 1, 0)
+        num_words = tl.where(seg_ok, last_word - first_word + 1, 0).to(tl.int32)
         longest = tl.max(num_words, axis=0)
+        # 64-bit scalar base, 32-bit per-element offsets (fewer registers in the hot loop)
+        row_base = tl.min(first_word, axis=0)  # x0 is clamped into the row: offsets stay small
+        row_ptr = base + row_base
+        rel_first = (first_word - row_base).to(tl.int32)
         for start in range(0, longest, BLOCK_W):
             k = start + tl.arange(0, BLOCK_W)
             valid = k[None, :] < num_words[:, None]
-            words = tl.load(base + first_word[:, None] + k[None, :], mask=valid, other=0)
+            words = tl.load(row_ptr + rel_first[:, None] + k[None, :], mask=valid, other=0)
             counts += tl.sum(_word_count(words, PACKED), axis=1)
         # Subtract the pixels of the end words that lie outside the segment.
-        head = tl.load(base + first_word, mask=seg_ok, other=0)
-        tail = tl.load(base + last_word, mask=seg_ok, other=0)
+        rel_last = (last_word - row_base).to(tl.int32)
+        head = tl.load(row_ptr + rel_first, mask=seg_ok, other=0)
+        tail = tl.load(row_ptr + rel_last, mask=seg_ok, other=0)
         head_from = (seg_from - first_word * PPW).to(tl.int32)
         tail_to = (seg_to - last_word * PPW).to(tl.int32)
         single = first_word == last_word

@@ -154,20 +154,31 @@ class ShardHeader:
         return len(self.index["keys"])
 
 
-def write_shard(path: str | os.PathLike, index: Mapping, tensors: Mapping[str, np.ndarray]) -> Path:
-    """Write one shard atomically (temp file, fsync, rename). ``tensors``: :data:`TENSOR_NAMES`."""
+def write_shard(path: str | os.PathLike, index: Mapping, tensors: Mapping[str, object]) -> Path:
+    """Write one shard atomically (temp file, fsync, rename).
+
+    ``tensors`` maps each of :data:`TENSOR_NAMES` to an array of the documented dtype/shape;
+    ``data`` may also be a list of ``uint8`` chunks (concatenated on the fly, no extra copy).
+    """
     entries: dict[str, dict] = {}
     offset = 0
     arrays = []
     for name in TENSOR_NAMES:
-        array = np.ascontiguousarray(tensors[name], dtype=TENSOR_DTYPES[name])
+        value = tensors[name]
+        if name == "data" and isinstance(value, (list, tuple)):  # chunks, written one by one
+            chunks = [np.ascontiguousarray(c, dtype=np.uint8).reshape(-1) for c in value]
+            shape = [sum(c.size for c in chunks)]
+        else:
+            chunks = [np.ascontiguousarray(value, dtype=TENSOR_DTYPES[name])]
+            shape = list(chunks[0].shape)
+        nbytes = sum(c.nbytes for c in chunks)
         entries[name] = {
-            "dtype": _ST_NAMES[array.dtype],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
+            "dtype": _ST_NAMES[TENSOR_DTYPES[name]],
+            "shape": shape,
+            "data_offsets": [offset, offset + nbytes],
         }
-        offset += array.nbytes
-        arrays.append(array)
+        offset += nbytes
+        arrays.extend(chunks)
     header = {
         "__metadata__": {
             "format": SHARD_FORMAT,
@@ -183,7 +194,8 @@ def write_shard(path: str | os.PathLike, index: Mapping, tensors: Mapping[str, n
         handle.write(struct.pack("<Q", len(blob)))
         handle.write(blob)
         for array in arrays:
-            handle.write(memoryview(array).cast("B"))
+            if array.nbytes:
+                handle.write(memoryview(array).cast("B"))
 
     return atomic_write(path, write)
 

@@ -34,7 +34,12 @@ def encode_rle(masks: PackedMasks | np.ndarray) -> list[bytes]:
     Returns:
         ``N`` byte strings.
     """
-    dense = masks.unpack().cpu().numpy() if isinstance(masks, PackedMasks) else np.asarray(masks)
+    if isinstance(masks, PackedMasks):
+        if masks.num_masks == 0:
+            return []
+        dense = masks.unpack().cpu().numpy()
+    else:
+        dense = np.asarray(masks)
     if dense.ndim != 3:
         fail("masks", "a (N, H, W) mask stack", f"array of shape {dense.shape}")
     if dense.shape[0] == 0:

@@ -301,7 +301,7 @@ def _word_aligned(image: MaskImage) -> torch.Tensor:
 def _tile_sizes(bin_pixels: int, grid_w: int, packed: bool) -> tuple[int, int]:
     words_per_bin = max(1, ceil_div(bin_pixels, 32 if packed else 4))
     block_w = min(64, max(8, 1 << (words_per_bin - 1).bit_length()))
-    block_c = min(max(1 << (grid_w - 1).bit_length(), 1), max(1, 2048 // block_w), 64)
+    block_c = min(max(1 << (grid_w - 1).bit_length(), 1), max(1, 1024 // block_w), 64)
     return block_c, block_w
 
 
