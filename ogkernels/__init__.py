@@ -1,7 +1,43 @@
-"""ogkernels: fused kernels for object-guided visual tokens (OG-LLaVA)."""
+"""ogkernels: fused kernels and a drop-in connector for object-guided visual tokens (OG-LLaVA).
 
+Public API:
+    downsample_masks   Phi_alpha: SAM2 masks → token-grid bitmaps (flat / patch modes)
+    og_tokens          object-guided token sequences packed into one VarlenBatch
+    OGFusion           the drop-in OG-Fusion connector (nn.Module), varlen or padded output
+    VarlenBatch        packed variable-length sequences (values, cu_seqlens, max_seqlen)
+    PackedMasks        bit-packed masks (numpy.packbits layout)
+    varlen_attention   flash-attn's varlen contract, with an exact PyTorch fallback
+    budget             token counts and LLM costs (visual_token_count, og_token_counts, …)
+    reference          the faithful, slow reference implementation (the tests' oracle)
+
+Importing ogkernels needs neither a GPU, nor Triton, nor flash-attn.
+"""
+
+from . import budget, reference
 from .downsample import downsample_masks
+from .fusion import OGFusion, PaddedTokens
 from .packed_masks import PackedMasks
+from .tokens import og_tokens
+from .varlen import VarlenBatch
 
-__all__ = ["PackedMasks", "downsample_masks"]
+__all__ = [
+    "OGFusion",
+    "PackedMasks",
+    "PaddedTokens",
+    "VarlenBatch",
+    "budget",
+    "downsample_masks",
+    "og_tokens",
+    "reference",
+    "varlen_attention",
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # attention pulls in nothing heavy, but keep the import lazy like the other optional parts
+    if name == "varlen_attention":
+        from .attention import varlen_attention
+
+        return varlen_attention
+    raise AttributeError(f"module 'ogkernels' has no attribute {name!r}")

@@ -184,6 +184,11 @@ def compile_config(config: KernelConfig, arch: int):
     import triton
     from triton.backends.compiler import GPUTarget
 
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError(
+            "TRITON_INTERPRET=1: kernels are interpreted and cannot be compiled ahead of time; "
+            "run the audit in a process without it (python -m ogkernels.audit)"
+        )
     fn = config.kernel()
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in config.aligned}
     source = triton.compiler.ASTSource(fn=fn, signature=config.signature, constexprs=config.constexprs, attrs=attrs)
@@ -231,8 +236,20 @@ def format_table(audits: list[KernelAudit]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    print(format_table(audit_all()))
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ogkernels.audit [--json]``: the audit table (or JSON records)."""
+    import argparse
+    import dataclasses
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON list of records")
+    args = parser.parse_args(argv)
+    audits = audit_all()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(a) for a in audits]))
+    else:
+        print(format_table(audits))
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def og_token_lengths(
     return plan_tokens(bitmaps, counts, layout).lengths
 
 
-def _check_features(features: torch.Tensor, masks: object, bom_token: torch.Tensor | None) -> None:
+def check_features(features: torch.Tensor, masks: object, bom_token: torch.Tensor | None) -> None:
     if not isinstance(features, torch.Tensor):
         fail("features", "a (B, V, F) tensor", features, error=TypeError)
     if features.dim() != 3:
@@ -153,15 +153,19 @@ def _check_features(features: torch.Tensor, masks: object, bom_token: torch.Tens
             fail("bom_token", f"a tensor on {features.device} (the device of features)", bom_token)
 
 
-def _buffer_size(plan: TokenPlan, max_tokens: int | None, counts: list[int]) -> tuple[int, int]:
-    """Rows of the output buffer and ``max_seqlen``: one host sync, or none with a bound."""
+def buffer_size(
+    plan: TokenPlan, max_tokens: int | None, counts: list[int], flags: Sequence[torch.Tensor] = ()
+) -> tuple[int, int, list[bool]]:
+    """Rows of the output buffer, ``max_seqlen`` and the values of the device ``flags``, read
+    in one host sync — or, with a ``max_tokens`` bound and no flags, in none."""
     if max_tokens is None:
         if plan.batch_size == 0:
-            return 0, 0
-        total, longest = torch.stack([plan.cu_seqlens[-1].long(), plan.lengths.max()]).tolist()
+            return 0, 0, [bool(f) for f in flags]
+        stats = [plan.cu_seqlens[-1].long(), plan.lengths.max()] + [f.to(torch.int64) for f in flags]
+        total, longest, *values = torch.stack(stats).tolist()
         if total > INT32_MAX:
             fail("masks", f"at most {INT32_MAX} tokens in total (int32 cu_seqlens)", f"{total} tokens")
-        return total, longest
+        return total, longest, [bool(v) for v in values]
     check_positive_int("max_tokens", max_tokens)
     if max_tokens > INT32_MAX:
         fail("max_tokens", f"<= {INT32_MAX} (int32 cu_seqlens)", max_tokens)
@@ -177,7 +181,8 @@ def _buffer_size(plan: TokenPlan, max_tokens: int | None, counts: list[int]) -> 
     bound = max(
         (layout.global_rows(plan.num_tokens) + (n + fillers) * per_mask for n in counts), default=0
     )
-    return max_tokens, min(bound, max_tokens)
+    values = torch.stack([f.to(torch.int64) for f in flags]).tolist() if flags else []
+    return max_tokens, min(bound, max_tokens), [bool(v) for v in values]
 
 
 def _mask_means(features: torch.Tensor, plan: TokenPlan) -> torch.Tensor:
@@ -231,14 +236,14 @@ def og_tokens(
         :class:`VarlenBatch` with ``values (T, F)``; differentiable w.r.t. ``features`` and
         ``bom_token`` with deterministic gradients.
     """
-    _check_features(features, masks, bom_token)
+    check_features(features, masks, bom_token)
     layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks)
     check_choice("frame", frame, FRAMES)
     batch, num_tokens, width = features.shape
     options = MaskOptions(alpha, mode, frame, grid)
     bitmaps, counts = token_bitmaps(masks, num_tokens, options, features.device)
     plan = plan_tokens(bitmaps, counts, layout)
-    rows, max_seqlen = _buffer_size(plan, max_tokens, counts)
+    rows, max_seqlen, _ = buffer_size(plan, max_tokens, counts)
     table_index, row_index = placement_indices(plan, rows)
     return VarlenBatch(
         gather_rows(token_tables(features, bom_token, plan), table_index, row_index),

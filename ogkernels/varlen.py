@@ -69,13 +69,17 @@ class VarlenBatch:
         bounds = self.cu_seqlens.tolist()
         return [self.values[bounds[b] : bounds[b + 1]] for b in range(self.batch_size)]
 
-    def to_padded(self, pad_value: float = 0.0) -> torch.Tensor:
-        """``(B, L_max, C)``: each sequence right-padded with ``pad_value`` rows, where
-        ``L_max`` is the longest real sequence (the reference's zero-padded block)."""
+    def to_padded(self, pad_value: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """``(B, L_max, C)``: each sequence right-padded, where ``L_max`` is the longest real
+        sequence (the reference's zero-padded block). ``pad_value``: a number, or a row
+        ``(C,)`` (differentiable, e.g. the projector's image of a zero row)."""
         lengths = self.lengths
         longest = int(lengths.max()) if self.batch_size else 0
         shape = (self.batch_size, longest) + tuple(self.values.shape[1:])
-        out = self.values.new_full(shape, pad_value)
+        if isinstance(pad_value, torch.Tensor):
+            out = pad_value.to(self.values.dtype).expand(shape).clone()
+        else:
+            out = self.values.new_full(shape, pad_value)
         if longest == 0:
             return out
         position = torch.arange(longest, device=self.values.device)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 settings.register_profile(
     "ogkernels",
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
     derandomize=True,
 )
 settings.load_profile("ogkernels")

@@ -1,0 +1,272 @@
+"""``OGFusion``: the drop-in OG-Fusion connector (``nn.Module``).
+
+Same parameters as the reference connector — ``mm_projector`` (``Linear, GELU, Linear``) and
+``mm_bom_mask_token (1, vision_dim)`` — so reference checkpoints load by name. Two outputs:
+``"varlen"`` (a packed :class:`VarlenBatch`, no padding anywhere) and ``"padded"`` (the
+reference's ``(B, L_max, D)`` block, pad rows equal to ``MLP(0)`` as the reference produces
+them).
+
+Because the projector is row-wise, ``MLP(gather(X)) == gather(MLP(X))``: when the batch has
+more OG tokens than ``B·(V+2)`` rows (overlapping masks), the module projects each image's
+``V`` patch rows, its global row and the BOM once and gathers projected rows
+("project-then-gather"); otherwise it gathers then projects. Gradients through the gather
+are deterministic segment sums either way.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from ._validation import check_choice, fail
+from .checkpoints import CheckpointError, connector_state_dict, load_reference_checkpoint
+from .downsample import FRAMES, Grid
+from .ops.gather_rows import gather_rows
+from .ops.token_plan import GLOBAL_VIEWS, placement_indices, plan_tokens, source_index
+from .packed_masks import PackedMasks
+from .tokens import (
+    ImageMasks,
+    MaskOptions,
+    buffer_size,
+    check_features,
+    make_layout,
+    token_bitmaps,
+    token_tables,
+)
+from .varlen import PAD_ROW, VarlenBatch
+
+PROJECTION_ORDERS = ("auto", "project_first", "gather_first")
+OUTPUTS = ("varlen", "padded")
+
+
+class PaddedTokens(NamedTuple):
+    """``output="padded"``: ``tokens (B, L_max, D)`` and each image's real length ``(B,)``."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+
+
+def any_mask_set(masks: Sequence[ImageMasks]) -> torch.Tensor:
+    """The reference gate (§4) as a device bool: does any image have a non-zero raw mask?"""
+    flags = []
+    for item in masks:
+        if item is None:
+            continue
+        data = item.bits if isinstance(item, PackedMasks) else item
+        if data.numel():
+            flags.append((data != 0).any())
+    if not flags:
+        return torch.zeros((), dtype=torch.bool)
+    return torch.stack([f.to(flags[0].device) for f in flags]).any()
+
+
+class OGFusion(nn.Module):
+    """Object-guided visual tokens + the ``mlp2x_gelu`` projector.
+
+    Args:
+        vision_dim: patch feature width ``F`` (1024 for CLIP ViT-L/14).
+        llm_dim: LLM hidden size ``D`` (4096 for Llama-3.1-8B).
+        global_view, no_masktoken, image_filling, averaging, max_masks: the layout options of
+            :func:`ogkernels.og_tokens` (defaults: the reference's hard-coded defaults).
+        alpha, mode, frame, grid: mask downsampling (``mode="patch"`` with ``frame="pad"``
+            is the spatially aligned operator; the default is the reference's).
+        gate: the reference's batch gate — a batch with no non-zero mask takes the plain
+            LLaVA path (``MLP(X)``, ``V`` tokens per image).
+        projection: ``"auto"`` (fewer projected rows wins), ``"project_first"`` or
+            ``"gather_first"``.
+    """
+
+    def __init__(
+        self,
+        vision_dim: int = 1024,
+        llm_dim: int = 4096,
+        *,
+        global_view: str = "mean",
+        no_masktoken: bool = False,
+        image_filling: bool = False,
+        averaging: bool = False,
+        max_masks: int | None = None,
+        alpha: float = 0.5,
+        mode: str = "flat",
+        frame: str = "none",
+        grid: Grid | None = None,
+        gate: bool = True,
+        projection: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        for name, value in (("vision_dim", vision_dim), ("llm_dim", llm_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, "an int >= 1", value)
+        check_choice("global_view", global_view, GLOBAL_VIEWS)
+        check_choice("frame", frame, FRAMES)
+        check_choice("projection", projection, PROJECTION_ORDERS)
+        self.layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks)
+        self.mask_options = MaskOptions(alpha, mode, frame, grid)
+        self.gate = gate
+        self.projection = projection
+        factory = {"device": device, "dtype": dtype}
+        self.mm_projector = nn.Sequential(
+            nn.Linear(vision_dim, llm_dim, **factory),
+            nn.GELU(),
+            nn.Linear(llm_dim, llm_dim, **factory),
+        )
+        self.mm_bom_mask_token = nn.Parameter(torch.randn(1, vision_dim, **factory))
+
+    @property
+    def vision_dim(self) -> int:
+        return self.mm_projector[0].in_features
+
+    @property
+    def llm_dim(self) -> int:
+        return self.mm_projector[2].out_features
+
+    def extra_repr(self) -> str:
+        layout = self.layout
+        return (
+            f"vision_dim={self.vision_dim}, llm_dim={self.llm_dim}, global_view={layout.global_view!r}, "
+            f"bom={layout.bom}, mode={self.mask_options.mode!r}, gate={self.gate}, projection={self.projection!r}"
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        masks: Sequence[ImageMasks] | None,
+        output: str = "varlen",
+        *,
+        max_tokens: int | None = None,
+    ) -> VarlenBatch | PaddedTokens:
+        """Project object-guided tokens.
+
+        Args:
+            image_features: ``(B, V, F)`` patch features.
+            masks: ``B`` entries (raw ``(N, H, W)`` masks, :class:`PackedMasks`, ``(N, V)``
+                bitmaps or None), or None for the plain path.
+            output: ``"varlen"`` → :class:`VarlenBatch` ``values (T, D)``; ``"padded"`` →
+                :class:`PaddedTokens` ``(B, L_max, D)`` with pad rows ``MLP(0)``.
+            max_tokens: bound on the total token count (sizes the buffer without a host sync;
+                with ``gate=True`` the gate still reads one flag from the device).
+        """
+        check_choice("output", output, OUTPUTS)
+        if masks is None:
+            return self._plain(image_features, output)
+        check_features(image_features, masks, None)
+        bitmaps, counts = token_bitmaps(masks, image_features.shape[1], self.mask_options, image_features.device)
+        plan = plan_tokens(bitmaps, counts, self.layout)
+        gate = [any_mask_set(masks).to(image_features.device)] if self.gate else []
+        rows, max_seqlen, gate_open = buffer_size(plan, max_tokens, counts, gate)
+        if gate_open and not gate_open[0]:
+            return self._plain(image_features, output)
+        table_index, row_index = placement_indices(plan, rows)
+        bom = self.mm_bom_mask_token.to(image_features.dtype)
+        if self._project_first(image_features, rows):
+            values = self._project_then_gather(image_features, bom, plan, table_index, row_index)
+        else:
+            tokens = gather_rows(token_tables(image_features, bom, plan), table_index, row_index)
+            values = self.mm_projector(tokens)
+            if max_tokens is not None:
+                values = torch.where((table_index < 0)[:, None], 0, values)
+        batch = VarlenBatch(values, plan.cu_seqlens, max_seqlen, source_index(table_index, row_index))
+        return self._as_output(batch, output)
+
+    def _project_first(self, features: torch.Tensor, rows: int) -> bool:
+        if self.layout.averaging or self.projection == "gather_first":
+            return False  # MLP(mean of rows) != mean of MLP(rows)
+        if self.projection == "project_first":
+            return True
+        batch, num_tokens, _ = features.shape
+        return batch * (num_tokens + 1) + 1 < rows
+
+    def _project_then_gather(self, features, bom, plan, table_index, row_index):
+        batch, num_tokens, width = features.shape
+        pieces = [features.reshape(batch * num_tokens, width)]
+        if self.layout.global_view == "mean":
+            pieces.append(features.mean(dim=1))
+        pieces.append(bom)
+        projected = self.mm_projector(torch.cat(pieces, dim=0))
+        patch, rest = projected[: batch * num_tokens], projected[batch * num_tokens :]
+        if self.layout.global_view == "mean":
+            global_rows, bom_row = rest[:batch], rest[batch:]
+        else:
+            global_rows, bom_row = rest.new_zeros(1, rest.shape[1]), rest
+        return gather_rows([patch, global_rows, bom_row], table_index, row_index)
+
+    def _plain(self, features: torch.Tensor, output: str) -> VarlenBatch | PaddedTokens:
+        """The reference's plain LLaVA path: ``MLP(X)``, ``V`` tokens per image."""
+        if not isinstance(features, torch.Tensor) or features.dim() != 3:
+            fail("image_features", "a (B, V, F) tensor", features)
+        projected = self.mm_projector(features)
+        batch, num_tokens, _ = features.shape
+        if output == "padded":
+            lengths = torch.full((batch,), num_tokens, dtype=torch.int64, device=features.device)
+            return PaddedTokens(projected, lengths)
+        cu = torch.arange(batch + 1, device=features.device, dtype=torch.int32) * num_tokens
+        rows = torch.arange(batch * num_tokens, device=features.device)
+        return VarlenBatch(projected.reshape(batch * num_tokens, -1), cu, num_tokens, rows)
+
+    def _as_output(self, batch: VarlenBatch, output: str) -> VarlenBatch | PaddedTokens:
+        if output == "varlen":
+            return batch
+        zero_row = self.mm_projector(batch.values.new_zeros(1, self.vision_dim).to(self.mm_bom_mask_token.dtype))
+        trimmed = batch
+        if batch.source_index is not None and batch.max_seqlen and (batch.source_index == PAD_ROW).any():
+            used = int(batch.cu_seqlens[-1])
+            trimmed = VarlenBatch(batch.values[:used], batch.cu_seqlens, batch.max_seqlen)
+        return PaddedTokens(trimmed.to_padded(zero_row[0]), batch.lengths)
+
+    # ------------------------------------------------------------------------------------------
+    def load_reference_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Load a reference connector state dict (any of the reference's key spellings:
+        ``model.``/``base_model.model.`` prefixes, ``mm_bom_mask_token.mm_bom_mask_token``).
+        Raises :class:`CheckpointError` listing missing and unexpected connector keys."""
+        tensors = connector_state_dict(state_dict)
+        tensors.pop("mm_masks_pos_encoding.seg_embed.weight", None)  # unused by the forward
+        own = dict(self.named_parameters())
+        missing = sorted(set(own) - set(tensors))
+        unexpected = sorted(set(tensors) - set(own))
+        mismatched = [
+            f"{k}: checkpoint {tuple(tensors[k].shape)} vs module {tuple(own[k].shape)}"
+            for k in sorted(set(own) & set(tensors))
+            if tuple(tensors[k].shape) != tuple(own[k].shape)
+        ]
+        if mismatched or (strict and (missing or unexpected)):
+            raise CheckpointError(
+                "reference checkpoint does not fit OGFusion: "
+                f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {mismatched}"
+            )
+        with torch.no_grad():
+            for name, value in tensors.items():
+                if name in own:
+                    own[name].copy_(value.to(own[name].dtype))
+
+    @classmethod
+    def from_reference_checkpoint(cls, path: str | os.PathLike | list, **options) -> "OGFusion":
+        """Build a connector from reference checkpoint file(s) or a folder; the widths come
+        from the weights. ``options`` are the constructor's keyword options."""
+        tensors = load_reference_checkpoint(path)
+        if "mm_projector.0.weight" not in tensors:
+            raise CheckpointError(f"checkpoint {path!r}: no mm_projector.0.weight among {sorted(tensors)}")
+        llm_dim, vision_dim = tensors["mm_projector.0.weight"].shape
+        module = cls(vision_dim, llm_dim, **options)
+        module.load_reference_state_dict(tensors, strict="mm_bom_mask_token" in tensors)
+        return module
+
+    @classmethod
+    def from_modules(cls, mm_projector: nn.Sequential, bom: nn.Parameter, **options) -> "OGFusion":
+        """A connector that shares an existing projector and BOM parameter (no copies), e.g.
+        the reference model's, so training either updates both."""
+        first, last = mm_projector[0], mm_projector[-1]
+        if tuple(bom.shape) != (1, first.in_features):
+            fail("bom", f"a (1, {first.in_features}) parameter", bom)
+        module = cls(first.in_features, last.out_features, device="meta", **options)
+        module.mm_projector = mm_projector
+        module.mm_bom_mask_token = bom
+        return module
+
+
+__all__ = ["OGFusion", "PaddedTokens", "CheckpointError", "any_mask_set"]
