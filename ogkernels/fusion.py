@@ -31,8 +31,11 @@ from .tokens import (
     ImageMasks,
     MaskOptions,
     buffer_size,
+    check_budget,
     check_features,
+    make_budget,
     make_layout,
+    mask_score_vector,
     token_bitmaps,
     token_tables,
 )
@@ -71,6 +74,8 @@ class OGFusion(nn.Module):
         llm_dim: LLM hidden size ``D`` (4096 for Llama-3.1-8B).
         global_view, no_masktoken, image_filling, averaging, max_masks: the layout options of
             :func:`ogkernels.og_tokens` (defaults: the reference's hard-coded defaults).
+        max_image_tokens, max_batch_tokens, drop_priority: token caps (see ``og_tokens``);
+            a capped connector sizes its output without a host sync (with ``gate=False``).
         alpha, mode, frame, grid: mask downsampling (``mode="patch"`` with ``frame="pad"``
             is the spatially aligned operator; the default is the reference's).
         gate: the reference's batch gate — a batch with no non-zero mask takes the plain
@@ -89,6 +94,9 @@ class OGFusion(nn.Module):
         image_filling: bool = False,
         averaging: bool = False,
         max_masks: int | None = None,
+        max_image_tokens: int | None = None,
+        max_batch_tokens: int | None = None,
+        drop_priority: str = "order",
         alpha: float = 0.5,
         mode: str = "flat",
         frame: str = "none",
@@ -105,7 +113,8 @@ class OGFusion(nn.Module):
         check_choice("global_view", global_view, GLOBAL_VIEWS)
         check_choice("frame", frame, FRAMES)
         check_choice("projection", projection, PROJECTION_ORDERS)
-        self.layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks)
+        budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
+        self.layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)
         self.mask_options = MaskOptions(alpha, mode, frame, grid)
         self.gate = gate
         self.projection = projection
@@ -140,6 +149,7 @@ class OGFusion(nn.Module):
         output: str = "varlen",
         *,
         max_tokens: int | None = None,
+        mask_scores: Sequence[torch.Tensor | None] | None = None,
     ) -> VarlenBatch | PaddedTokens:
         """Project object-guided tokens.
 
@@ -151,13 +161,17 @@ class OGFusion(nn.Module):
                 :class:`PaddedTokens` ``(B, L_max, D)`` with pad rows ``MLP(0)``.
             max_tokens: bound on the total token count (sizes the buffer without a host sync;
                 with ``gate=True`` the gate still reads one flag from the device).
+            mask_scores: per-image ``(N_i,)`` scores for ``drop_priority="score"``.
         """
         check_choice("output", output, OUTPUTS)
         if masks is None:
             return self._plain(image_features, output)
         check_features(image_features, masks, None)
-        bitmaps, counts = token_bitmaps(masks, image_features.shape[1], self.mask_options, image_features.device)
-        plan = plan_tokens(bitmaps, counts, self.layout)
+        batch, num_tokens, _ = image_features.shape
+        check_budget(self.layout, batch, num_tokens)
+        bitmaps, counts = token_bitmaps(masks, num_tokens, self.mask_options, image_features.device)
+        scores = mask_score_vector(mask_scores, counts, self.layout, image_features.device)
+        plan = plan_tokens(bitmaps, counts, self.layout, scores)
         gate = [any_mask_set(masks).to(image_features.device)] if self.gate else []
         rows, max_seqlen, gate_open = buffer_size(plan, max_tokens, counts, gate)
         if gate_open and not gate_open[0]:
@@ -169,8 +183,8 @@ class OGFusion(nn.Module):
         else:
             tokens = gather_rows(token_tables(image_features, bom, plan), table_index, row_index)
             values = self.mm_projector(tokens)
-            if max_tokens is not None:
-                values = torch.where((table_index < 0)[:, None], 0, values)
+            if rows > 0 and (max_tokens is not None or self.layout.budget is not None):
+                values = torch.where((table_index < 0)[:, None], 0, values)  # unused buffer rows
         batch = VarlenBatch(values, plan.cu_seqlens, max_seqlen, source_index(table_index, row_index))
         return self._as_output(batch, output)
 

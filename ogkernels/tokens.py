@@ -10,6 +10,7 @@ import torch
 from ._validation import check_choice, check_positive_int, describe, fail
 from .downsample import FRAMES, MODES, Grid, downsample_masks, parse_grid
 from .ops.gather_rows import gather_rows
+from .ops.token_budget import PRIORITIES, TokenBudget
 from .ops.token_plan import GLOBAL_VIEWS, Layout, TokenPlan, placement_indices, plan_tokens, source_index
 from .packed_masks import PackedMasks
 from .varlen import VarlenBatch
@@ -91,12 +92,27 @@ def _first_device(masks: Sequence[ImageMasks]) -> torch.device:
     return torch.device("cpu")
 
 
+def make_budget(
+    max_image_tokens: int | None, max_batch_tokens: int | None, drop_priority: str
+) -> TokenBudget | None:
+    check_choice("drop_priority", drop_priority, PRIORITIES)
+    for name, cap in (("max_image_tokens", max_image_tokens), ("max_batch_tokens", max_batch_tokens)):
+        if cap is not None:
+            check_positive_int(name, cap)
+            if cap > INT32_MAX:
+                fail(name, f"<= {INT32_MAX} (int32 cu_seqlens)", cap)
+    if max_image_tokens is None and max_batch_tokens is None:
+        return None
+    return TokenBudget(max_image_tokens, max_batch_tokens, drop_priority)
+
+
 def make_layout(
     global_view: str,
     no_masktoken: bool,
     image_filling: bool,
     averaging: bool,
     max_masks: int | None,
+    budget: TokenBudget | None = None,
 ) -> Layout:
     check_choice("global_view", global_view, GLOBAL_VIEWS)
     for name, flag in (("no_masktoken", no_masktoken), ("image_filling", image_filling), ("averaging", averaging)):
@@ -104,7 +120,37 @@ def make_layout(
             fail(name, "a bool", flag, error=TypeError)
     if max_masks is not None:
         check_positive_int("max_masks", max_masks)
-    return Layout(global_view, not no_masktoken, averaging, image_filling, max_masks)
+    return Layout(global_view, not no_masktoken, averaging, image_filling, max_masks, budget)
+
+
+def check_budget(layout: Layout, batch: int, num_tokens: int) -> None:
+    """Caps must leave room for the global rows, which are never dropped."""
+    budget, global_rows = layout.budget, layout.global_rows(num_tokens)
+    if budget is None:
+        return
+    if budget.max_image_tokens is not None and budget.max_image_tokens < global_rows:
+        fail("max_image_tokens", f">= {global_rows} (the global rows of global_view={layout.global_view!r})", budget.max_image_tokens)
+    if budget.max_batch_tokens is not None and budget.max_batch_tokens < batch * global_rows:
+        fail("max_batch_tokens", f">= {batch * global_rows} (B × the global rows)", budget.max_batch_tokens)
+
+
+def mask_score_vector(
+    mask_scores: Sequence[torch.Tensor | None] | None, counts: list[int], layout: Layout, device
+) -> torch.Tensor | None:
+    """``(M,)`` scores in mask order for ``drop_priority="score"`` (validated)."""
+    budget = layout.budget
+    if budget is None or budget.priority != "score":
+        return None
+    if mask_scores is None or not isinstance(mask_scores, (list, tuple)) or len(mask_scores) != len(counts):
+        fail("mask_scores", f"a list of {len(counts)} per-image score tensors for drop_priority='score'", mask_scores)
+    pieces = []
+    for i, (scores, n) in enumerate(zip(mask_scores, counts)):
+        if n == 0 and scores is None:
+            continue
+        if not isinstance(scores, torch.Tensor) or scores.shape != (n,):
+            fail(f"mask_scores[{i}]", f"a ({n},) tensor (one score per mask)", scores)
+        pieces.append(scores.to(device=device, dtype=torch.float64))
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64, device=device)
 
 
 def og_token_lengths(
@@ -119,14 +165,22 @@ def og_token_lengths(
     image_filling: bool = False,
     averaging: bool = False,
     max_masks: int | None = None,
+    max_image_tokens: int | None = None,
+    max_batch_tokens: int | None = None,
+    drop_priority: str = "order",
+    mask_scores: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Each image's OG token count ``(B,)`` int64, exactly ``og_tokens(...).lengths``,
     without touching features. ``grid``: ``V`` or ``(gh, gw)``."""
     shape = parse_grid(grid, mode)
-    layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks)
+    budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
+    layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)
     options = MaskOptions(alpha, mode, frame, shape)
-    bitmaps, counts = token_bitmaps(masks, shape[0] * shape[1], options, None)
-    return plan_tokens(bitmaps, counts, layout).lengths
+    num_tokens = shape[0] * shape[1]
+    bitmaps, counts = token_bitmaps(masks, num_tokens, options, None)
+    check_budget(layout, len(counts), num_tokens)
+    scores = mask_score_vector(mask_scores, counts, layout, bitmaps.device)
+    return plan_tokens(bitmaps, counts, layout, scores).lengths
 
 
 def check_features(features: torch.Tensor, masks: object, bom_token: torch.Tensor | None) -> None:
@@ -157,7 +211,14 @@ def buffer_size(
     plan: TokenPlan, max_tokens: int | None, counts: list[int], flags: Sequence[torch.Tensor] = ()
 ) -> tuple[int, int, list[bool]]:
     """Rows of the output buffer, ``max_seqlen`` and the values of the device ``flags``, read
-    in one host sync — or, with a ``max_tokens`` bound and no flags, in none."""
+    in one host sync — or, with a ``max_tokens`` bound or a token budget and no flags, in
+    none."""
+    budget = plan.layout.budget
+    capped = budget.buffer_rows(plan.batch_size) if budget is not None else None
+    if max_tokens is None and capped is not None:
+        bound = budget.max_image_tokens if budget.max_image_tokens is not None else capped
+        values = torch.stack([f.to(torch.int64) for f in flags]).tolist() if flags else []
+        return capped, min(bound, capped), [bool(v) for v in values]
     if max_tokens is None:
         if plan.batch_size == 0:
             return 0, 0, [bool(f) for f in flags]
@@ -209,6 +270,10 @@ def og_tokens(
     image_filling: bool = False,
     averaging: bool = False,
     max_masks: int | None = None,
+    max_image_tokens: int | None = None,
+    max_batch_tokens: int | None = None,
+    drop_priority: str = "order",
+    mask_scores: Sequence[torch.Tensor | None] | None = None,
     max_tokens: int | None = None,
 ) -> VarlenBatch:
     """Build every image's object-guided token sequence into one packed buffer.
@@ -229,6 +294,11 @@ def og_tokens(
         no_masktoken: no BOM rows. image_filling: append the tokens no mask covers as a last
         mask. averaging: each mask contributes the mean of its rows (1 row). max_masks: keep
         at most this many masks per image (after cleaning, in order).
+        max_image_tokens, max_batch_tokens: token caps (global rows included): masks are
+            dropped, lowest ``drop_priority`` first (``"order"``: last masks first;
+            ``"area"``: smallest first; ``"score"``: lowest ``mask_scores`` first — SAM 2's
+            predicted IoU, one ``(N_i,)`` tensor per image), until the caps hold. A capped
+            batch is sized by its caps: no host sync at all.
         max_tokens: an upper bound on the total token count: sizes the buffer without any
             host sync (rows past ``cu_seqlens[-1]`` are zero; ``max_seqlen`` becomes a bound).
 
@@ -237,12 +307,15 @@ def og_tokens(
         ``bom_token`` with deterministic gradients.
     """
     check_features(features, masks, bom_token)
-    layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks)
+    budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
+    layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)
     check_choice("frame", frame, FRAMES)
     batch, num_tokens, width = features.shape
+    check_budget(layout, batch, num_tokens)
     options = MaskOptions(alpha, mode, frame, grid)
     bitmaps, counts = token_bitmaps(masks, num_tokens, options, features.device)
-    plan = plan_tokens(bitmaps, counts, layout)
+    scores = mask_score_vector(mask_scores, counts, layout, features.device)
+    plan = plan_tokens(bitmaps, counts, layout, scores)
     rows, max_seqlen, _ = buffer_size(plan, max_tokens, counts)
     table_index, row_index = placement_indices(plan, rows)
     return VarlenBatch(

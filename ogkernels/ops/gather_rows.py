@@ -143,7 +143,9 @@ def csr_by_source(table_index: torch.Tensor, row_index: torch.Tensor, sizes: Seq
     valid = table_index >= 0
     key = torch.where(valid, starts[table_index.clamp(min=0).long()] + row_index, num_sources)
     order = torch.sort(key, stable=True).indices
-    counts = torch.bincount(key, minlength=num_sources + 1)[:num_sources]
+    counts = torch.zeros(num_sources + 1, dtype=torch.int64, device=device)
+    counts.index_add_(0, key, torch.ones_like(key))  # integer adds: exact, no host sync
+    counts = counts[:num_sources]
     row_ptr = torch.zeros(num_sources + 1, dtype=torch.int64, device=device)
     torch.cumsum(counts, 0, out=row_ptr[1:])
     return order, row_ptr

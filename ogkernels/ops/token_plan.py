@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..varlen import BOM_ROW, GLOBAL_ROW, MASK_MEAN_ROW, PAD_ROW
+from .token_budget import TokenBudget, apply_budget
 
 # Tables of the placement gather, in this order.
 PATCH_TABLE, GLOBAL_TABLE, BOM_TABLE, MASK_MEAN_TABLE = 0, 1, 2, 3
@@ -31,6 +32,7 @@ class Layout:
     image_filling: bool = False  # append the uncovered tokens as a last mask
     # an image with more raw masks than this keeps its first max_masks after cleaning
     max_masks: int | None = None
+    budget: TokenBudget | None = None  # token caps, applied last
 
     def global_rows(self, num_tokens: int) -> int:
         return {"mean": 1, "full": num_tokens, "none": 0}[self.global_view]
@@ -67,6 +69,12 @@ def _segment_sum(values: torch.Tensor, segment: torch.Tensor, num_segments: int)
     return out.index_add_(0, segment, values)
 
 
+def _image_ids(counts: list[int], device: torch.device) -> torch.Tensor:
+    """``[0]*counts[0] + [1]*counts[1] + …`` on ``device`` (sizes known on the host: no sync)."""
+    repeats = torch.tensor(counts, dtype=torch.int64, device=device)
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), repeats, output_size=sum(counts))
+
+
 def _exclusive_sum_within(
     values: torch.Tensor, image: torch.Tensor, batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,27 +105,27 @@ def _with_fillers(
     candidates.index_copy_(0, filler_pos, uncovered)
     present = torch.ones(candidates.shape[0], dtype=torch.bool, device=device)
     present.index_copy_(0, filler_pos, uncovered.any(dim=1) & allowed)
-    image = torch.repeat_interleave(
-        torch.arange(batch, device=device), torch.tensor(new_counts, device=device)
-    )
-    return candidates, present, image
+    return candidates, present, _image_ids(new_counts, device)
 
 
 def plan_tokens(
-    bitmaps: torch.Tensor, masks_per_image: list[int], layout: Layout
+    bitmaps: torch.Tensor,
+    masks_per_image: list[int],
+    layout: Layout,
+    scores: torch.Tensor | None = None,
 ) -> TokenPlan:
     """Clean, count and place the masks of a batch.
 
     Args:
         bitmaps: ``(M, V)`` bool, the downsampled masks of all images in order.
         masks_per_image: ``[N_0, …, N_{B-1}]`` with ``sum == M``.
-        layout: the sequence layout and cleaning options.
+        layout: the sequence layout, cleaning options and token budget.
+        scores: ``(M,)`` per-mask priority scores (SAM 2 predicted IoU) for a budget with
+            ``priority="score"``.
     """
     device = bitmaps.device
     batch, num_tokens = len(masks_per_image), bitmaps.shape[1]
-    image_of_mask = torch.repeat_interleave(
-        torch.arange(batch, device=device), torch.tensor(masks_per_image, device=device, dtype=torch.int64)
-    )
+    image_of_mask = _image_ids(masks_per_image, device)
     # The reference's branch order: an image with more masks than the limit is cut (and not
     # filled); the others are filled (and not cut).
     limit = layout.max_masks
@@ -125,9 +133,13 @@ def plan_tokens(
         [limit is not None and n > limit for n in masks_per_image], dtype=torch.bool, device=device
     )
     if layout.image_filling:
+        raw_image = image_of_mask
         candidates, present, image_of_mask = _with_fillers(
             bitmaps, image_of_mask, masks_per_image, ~limited
         )
+        if scores is not None:  # fillers rank last
+            filled = torch.full((candidates.shape[0],), float("-inf"), dtype=scores.dtype, device=device)
+            scores = filled.index_copy_(0, torch.arange(bitmaps.shape[0], device=device) + raw_image, scores)
     else:
         candidates = bitmaps
         present = torch.ones(bitmaps.shape[0], dtype=torch.bool, device=device)
@@ -149,6 +161,10 @@ def plan_tokens(
     rows = token_counts.clamp(max=1) if layout.averaging else token_counts
     segment = rows + int(layout.bom) * keep
     global_rows = layout.global_rows(num_tokens)
+    if layout.budget is not None:
+        keep = apply_budget(layout.budget, keep, segment, image_of_mask, batch, global_rows, scores)
+        token_counts = token_counts * keep
+        segment = segment * keep
     within, per_image = _exclusive_sum_within(segment, image_of_mask, batch)
     lengths = per_image + global_rows
     cu_seqlens = torch.zeros(batch + 1, dtype=torch.int64, device=device)

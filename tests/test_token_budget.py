@@ -1,0 +1,123 @@
+"""Token budgets inside og_tokens / OGFusion: caps hold, priorities are honoured, kept masks
+stay in the reference's order, and a capped batch is sized without any host sync."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ogkernels import OGFusion, og_tokens
+from ogkernels.budget import og_token_counts
+from ogkernels.profiling import HostSyncCounter
+from ogkernels.varlen import BOM_ROW
+
+from .strategies import mask_stacks
+
+
+def mask_segments(out):
+    """Per image: the list of masks' source-row tuples, in output order."""
+    images = []
+    for rows in torch.split(out.source_index[: int(out.cu_seqlens[-1])], out.lengths.tolist()):
+        masks, current = [], None
+        for r in rows.tolist():
+            if r == BOM_ROW:
+                current = []
+                masks.append(current)
+            elif current is not None:
+                current.append(r)
+        images.append([tuple(m) for m in masks])
+    return images
+
+
+@settings(max_examples=80)
+@given(
+    masks=st.lists(mask_stacks(max_masks=5, max_side=12), min_size=1, max_size=3),
+    image_cap=st.one_of(st.none(), st.integers(1, 40)),
+    batch_cap=st.one_of(st.none(), st.integers(3, 80)),
+    priority=st.sampled_from(["order", "area", "score"]),
+    seed=st.integers(0, 1000),
+)
+def test_caps_hold_and_kept_masks_keep_reference_order(masks, image_cap, batch_cap, priority, seed):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(len(masks), 16, 3, generator=g)
+    bom = torch.randn(1, 3, generator=g)
+    scores = [torch.rand(m.shape[0], generator=g) for m in masks]
+    options = dict(max_image_tokens=image_cap, max_batch_tokens=batch_cap, drop_priority=priority, mask_scores=scores)
+    if batch_cap is not None and batch_cap < len(masks):
+        with pytest.raises(ValueError, match="max_batch_tokens"):
+            og_tokens(features, masks, bom, **options)
+        return
+    full = og_tokens(features, masks, bom)
+    capped = og_tokens(features, masks, bom, **options)
+    lengths = capped.lengths
+    if image_cap is not None:
+        assert int(lengths.max()) <= image_cap
+        assert capped.max_seqlen <= image_cap
+    if batch_cap is not None:
+        assert int(lengths.sum()) <= batch_cap
+    assert og_token_counts(masks, 16, **options) == lengths.tolist()
+    # kept masks are a subsequence of the uncapped masks, in the same order
+    for kept, every in zip(mask_segments(capped), mask_segments(full)):
+        it = iter(every)
+        assert all(any(k == e for e in it) for k in kept)
+    # rows in use equal the uncapped rows they came from
+    for b, rows in enumerate(capped.split()):
+        assert torch.equal(rows[0], full.split()[b][0])  # the global row is never dropped
+
+
+def test_priorities_choose_which_masks_go():
+    features = torch.randn(1, 9, 2)
+    bom = torch.zeros(1, 2)
+    bitmaps = torch.zeros(3, 9, dtype=torch.bool)
+    bitmaps[0, :2] = True  # 2 tokens
+    bitmaps[1, :6] = True  # 6 tokens
+    bitmaps[2, :3] = True  # 3 tokens
+    scores = [torch.tensor([0.5, 0.7, 0.9])]
+    cap = 1 + 7 + 4  # global + (BOM+6) + (BOM+3)
+    for priority, kept in (("order", [2, 6]), ("area", [6, 3]), ("score", [6, 3])):
+        out = og_tokens(features, [bitmaps], bom, max_image_tokens=cap, drop_priority=priority, mask_scores=scores)
+        assert [len(m) for m in mask_segments(out)[0]] == kept, priority
+
+
+def test_order_priority_stops_at_the_first_mask_that_does_not_fit():
+    features = torch.randn(1, 9, 2)
+    bitmaps = torch.zeros(3, 9, dtype=torch.bool)
+    bitmaps[0, :2] = True
+    bitmaps[1, :8] = True
+    bitmaps[2, :1] = True
+    out = og_tokens(features, [bitmaps], torch.zeros(1, 2), max_image_tokens=1 + 3 + 2)
+    assert [len(m) for m in mask_segments(out)[0]] == [2]
+
+
+@pytest.mark.triton
+def test_capped_batch_needs_no_host_sync(triton_path):
+    torch.manual_seed(0)
+    features = torch.randn(2, 16, 8)
+    bom = torch.randn(1, 8)
+    masks = [torch.rand(4, 10, 10) < 0.3, torch.rand(3, 10, 10) < 0.3]
+    with HostSyncCounter() as counter:
+        out = og_tokens(features, masks, bom, max_batch_tokens=40)
+    assert counter.syncs == 0, dict(counter.sync_ops)
+    assert out.values.shape[0] == 40 and int(out.cu_seqlens[-1]) <= 40
+    fusion = OGFusion(8, 12, gate=False, max_image_tokens=20)
+    with HostSyncCounter() as counter:
+        projected = fusion(features, masks)
+    assert counter.syncs == 0, dict(counter.sync_ops)
+    assert projected.values.shape == (40, 12)
+    used = int(projected.cu_seqlens[-1])
+    assert not projected.values[used:].any()
+
+
+def test_budget_argument_errors():
+    features = torch.randn(2, 4, 3)
+    masks = [torch.ones(1, 2, 2, dtype=torch.bool)] * 2
+    with pytest.raises(ValueError, match="max_image_tokens"):
+        og_tokens(features, masks, max_image_tokens=3, global_view="full")
+    with pytest.raises(ValueError, match="drop_priority"):
+        og_tokens(features, masks, max_image_tokens=3, drop_priority="iou")
+    with pytest.raises(ValueError, match=r"mask_scores"):
+        og_tokens(features, masks, max_image_tokens=3, drop_priority="score")
+    with pytest.raises(ValueError, match=r"mask_scores\[1\]"):
+        og_tokens(features, masks, max_image_tokens=3, drop_priority="score", mask_scores=[torch.ones(1), torch.ones(2)])
