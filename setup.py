@@ -22,9 +22,9 @@ setup(
         # Triton ships with the CUDA builds of torch; name it for CPU-only torch installs.
         "triton": ["triton>=3.0"],
         "hf": ["transformers>=4.57"],
-        "masks": ["pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60"],
+        "masks": ["pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60", "pillow>=9"],
         # SAM 2 itself: `SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0`
-        "sam2": ["sam2>=1.1", "pycocotools>=2.0", "tqdm>=4.60"],
+        "sam2": ["sam2>=1.1", "pycocotools>=2.0", "tqdm>=4.60", "pillow>=9"],
         "gpu": ["flash-attn>=2.7"],
         "test": [
             "pytest>=8",
@@ -38,6 +38,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ogkernels-budget=ogkernels.budget_cli:main",
+            "ogkernels-masks=ogkernels.masks.__main__:main",
         ],
     },
 )

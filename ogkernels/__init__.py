@@ -8,25 +8,30 @@ Public API:
     PackedMasks        bit-packed masks (numpy.packbits layout)
     varlen_attention   flash-attn's varlen contract, with an exact PyTorch fallback
     budget             token counts and LLM costs (visual_token_count, og_token_counts, …)
+    masks              the SAM2 mask store (MaskStore, MaskStoreWriter) and its importer
     reference          the faithful, slow reference implementation (the tests' oracle)
 
 Importing ogkernels needs neither a GPU, nor Triton, nor flash-attn.
 """
 
-from . import budget, reference
+from . import budget, masks, reference
 from .downsample import downsample_masks
 from .fusion import OGFusion, PaddedTokens
+from .masks import MaskStore, MaskStoreWriter
 from .packed_masks import PackedMasks
 from .tokens import og_tokens
 from .varlen import VarlenBatch
 
 __all__ = [
+    "MaskStore",
+    "MaskStoreWriter",
     "OGFusion",
     "PackedMasks",
     "PaddedTokens",
     "VarlenBatch",
     "budget",
     "downsample_masks",
+    "masks",
     "og_tokens",
     "reference",
     "varlen_attention",

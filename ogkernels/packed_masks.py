@@ -90,4 +90,4 @@ class PackedMasks:
         n, h, w = self.shape
         shifts = torch.arange(7, -1, -1, device=self.device, dtype=torch.uint8)
         unpacked = (self.bits.unsqueeze(-1) >> shifts) & 1
-        return unpacked.reshape(n, -1)[:, : h * w].reshape(n, h, w).bool()
+        return unpacked.reshape(n, self.bits.shape[1] * 8)[:, : h * w].reshape(n, h, w).bool()

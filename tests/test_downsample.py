@@ -173,6 +173,8 @@ def test_packed_masks_validation():
         PackedMasks(torch.zeros(2, 4, dtype=torch.int32), 5, 5)
     masks = torch.rand(3, 7, 9) < 0.5
     assert torch.equal(PackedMasks.from_dense(masks).unpack(), masks)
+    none = torch.zeros(0, 7, 9, dtype=torch.bool)
+    assert torch.equal(PackedMasks.from_dense(none).unpack(), none)
 
 
 def test_public_exports():

@@ -29,7 +29,17 @@ from ogkernels.masks import (
 )
 from ogkernels.masks.format import SHARD_DIR, read_shard_header
 
-from .strategies import mask_stacks
+
+@st.composite
+def mask_stacks(draw, max_masks: int = 4, max_side: int = 23):
+    """One image's masks ``bool (N, H, W)``: odd sizes, N = 0, empty, full, sparse and dense."""
+    n = draw(st.integers(0, max_masks))
+    h, w = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    densities = draw(st.lists(st.sampled_from([0.0, 0.01, 0.3, 0.7, 1.0]), min_size=n, max_size=n))
+    return torch.from_numpy(np.stack([rng.random((h, w)) < d for d in densities]) if n else np.zeros((0, h, w), bool))
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 
 SAV_FILE = "sav_000001_auto.json"  # SA-V (Meta), CC BY 4.0
 
@@ -345,6 +355,12 @@ def test_duplicate_key_in_two_shards_is_named(tmp_path):
     with pytest.raises(MaskStoreError, match="'same.jpg'.*also stored in") as info:
         MaskStore(tmp_path)
     assert str(info.value).count("rank0-") == 1 and str(info.value).count("rank1-") == 1
+    with MaskStoreWriter(tmp_path, writer_id="rank2") as writer:
+        writer.add("other.jpg", np.zeros((2, 2, 2), dtype=bool))
+    first = MaskStore(tmp_path, duplicates="first")
+    assert first.keys() == ["same.jpg", "other.jpg"] and len(first) == 2
+    assert first.info("same.jpg").shard.name.startswith("rank0-")
+    assert first["other.jpg"].shape == (2, 2, 2)
 
 
 def test_shards_are_plain_safetensors(tmp_path):
@@ -355,3 +371,45 @@ def test_shards_are_plain_safetensors(tmp_path):
     np.testing.assert_array_equal(tensors["data"], np.packbits(np.eye(8, dtype=bool).reshape(-1)))
     assert tensors["bbox"].shape == (1, 4) and tensors["mask_nbytes"].tolist() == [8]
     assert b"\x80\x04" not in shard.read_bytes()[:2], "no pickle protocol header"
+
+
+def test_store_copies_for_dataloader_workers(tmp_path):
+    import copy
+
+    _store_with_one_image(tmp_path)
+    store = MaskStore(tmp_path)
+    store["a.jpg"]
+    clone = copy.deepcopy(store)  # the __getstate__/__setstate__ path spawned workers use
+    assert clone.keys() == ["a.jpg"] and torch.equal(clone["a.jpg"].bits, store["a.jpg"].bits)
+
+
+def test_command_line_info_and_verify(tmp_path, capsys):
+    from ogkernels.masks.__main__ import main
+
+    shard = _store_with_one_image(tmp_path)
+    assert main(["info", str(tmp_path)]) == 0
+    assert "1 images, 1 masks, 1 shards" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path)]) == 0
+    header = read_shard_header(shard)
+    raw = bytearray(shard.read_bytes())
+    raw[header.tensors["data"].begin + 3] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    assert main(["verify", str(tmp_path)]) == 1
+    assert f"FAILED {shard}: image 'a.jpg': checksum mismatch" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "nope")]) == 2
+
+
+def test_verify_compares_sizes_with_images(tmp_path, capsys):
+    from PIL import Image
+
+    from ogkernels.masks.__main__ import main
+
+    _store_with_one_image(tmp_path / "store")  # "a.jpg": masks of 8x8
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
+    assert main(["verify", str(tmp_path / "store"), "--image-root", str(tmp_path / "images")]) == 0
+    Image.new("RGB", (9, 8)).save(tmp_path / "images" / "a.jpg")
+    assert main(["verify", str(tmp_path / "store"), "--image-root", str(tmp_path / "images")]) == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {tmp_path / 'images' / 'a.jpg'}: image 'a.jpg': masks of (height, width) (8, 8)" in err
+    assert "the image is (8, 9)" in err

@@ -7,6 +7,7 @@
 * :func:`import_reference_layout`: convert the reference's one-``.npy``-per-mask folders.
 * :func:`run_mask_job`: the resumable, sharded mask-generation loop behind
   ``python -m integration.sam2_mask_job``.
+* ``python -m ogkernels.masks {import,info,verify}``: the command line.
 """
 
 from .errors import MaskFileError, MaskStoreError, MaskStoreVersionError

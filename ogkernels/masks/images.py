@@ -44,7 +44,7 @@ def load_image_rgb(path: str | os.PathLike, key: str) -> np.ndarray:
     image = _open(path, key)
     try:
         with image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            array = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
     except Exception as exc:  # truncated data surfaces only when decoding
         raise MaskFileError(path, f"cannot decode the image ({type(exc).__name__}: {exc})", key=key) from exc
-    return np.ascontiguousarray(array)
+    return array

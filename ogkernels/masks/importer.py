@@ -276,7 +276,7 @@ def import_reference_layout(
         raise MaskFileError(failures[0].path, failures[0].reason, key=failures[0].key)
     report = ImportReport(Path(store), failures=failures)
     writer = MaskStoreWriter(store, writer_id=writer_id, shard_size=shard_size, max_shard_bytes=max_shard_bytes, encoding=encoding)
-    existing = set(MaskStore(store).keys()) if skip_existing else set()
+    existing = set(MaskStore(store, duplicates="first").keys()) if skip_existing else set()
     tables: dict[Path, dict[str, Any]] = {}
     with writer:
         for image in progress(images) if progress is not None else images:

@@ -77,7 +77,7 @@ def list_llava_json(path: str | os.PathLike) -> list[str]:
         for item in image if isinstance(image, list) else [image]:
             if not isinstance(item, str) or not item:
                 raise MaskFileError(path, f"entry {i}: expected 'image' to be a path string, got {item!r}")
-            keys.add(item.replace(os.sep, "/").lstrip("/") if os.sep != "/" else item.lstrip("/"))
+            keys.add(item)
     return sorted(keys)
 
 
@@ -188,7 +188,7 @@ def run_mask_job(
     writer = MaskStoreWriter(
         store, writer_id=writer_id, shard_size=shard_size, max_shard_bytes=max_shard_bytes, encoding=encoding
     )
-    done = set(MaskStore(store).keys())
+    done = set(MaskStore(store, duplicates="first").keys())
     todo = list(dict.fromkeys(k for k in keys if k not in done))
     report.skipped_existing = len(keys) - len(todo)
     if not todo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import zlib
@@ -13,7 +14,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .._validation import check_positive_int, fail
+from .._validation import check_choice, check_positive_int, fail
 from ..packed_masks import PackedMasks, packed_row_bytes
 from .errors import MaskStoreError
 from .format import (
@@ -69,15 +70,26 @@ class MaskStore:
         root: the store directory.
         verify: check each record's CRC-32 on read (costs about one extra pass over the bytes).
         max_open_files: file descriptors kept open (least recently used are closed).
+        duplicates: a key stored in two shards (e.g. two ranks given overlapping shards):
+            ``"error"`` (default) raises naming both shards; ``"first"`` keeps the record of
+            the first shard in name order.
 
     Raises:
         MaskStoreError: a missing/corrupt manifest or shard, or a key present in two shards.
         MaskStoreVersionError: the store or a shard was written by a newer format version.
     """
 
-    def __init__(self, root: str | os.PathLike, *, verify: bool = False, max_open_files: int = 64) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        verify: bool = False,
+        max_open_files: int = 64,
+        duplicates: str = "error",
+    ) -> None:
         self.root = Path(root)
         self.verify = bool(verify)
+        self.duplicates = check_choice("duplicates", duplicates, ("error", "first"))
         self.max_open_files = check_positive_int("max_open_files", max_open_files)
         self.manifest = read_manifest(self.root)
         self._lock = threading.Lock()
@@ -85,7 +97,7 @@ class MaskStore:
         self._fd_pid = os.getpid()
         self._shard_arrays: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._shards: list[ShardHeader] = []
-        self._keys: list[str] = []
+        self._row_keys: list[str] = []  # the key of every row (rows of ignored duplicates too)
         self._lookup: dict[str, int] = {}
         self._columns: dict[str, np.ndarray] = {c: np.zeros(0, np.int64) for c in _INT_COLUMNS}
         self._columns.update(shard=np.zeros(0, np.int64), encoding=np.zeros(0, np.uint8), order=np.zeros(0, np.uint8))
@@ -100,30 +112,38 @@ class MaskStore:
         if not new:
             return 0
         parts: dict[str, list[np.ndarray]] = {name: [self._columns[name]] for name in self._columns}
-        keys = list(self._keys)
+        keys = list(self._row_keys)
         lookup = dict(self._lookup)
         shards = list(self._shards)
+        new_row_shard: list[int] = []  # shard of each row this refresh adds
         for header in new:
             shard_id = len(shards)
-            shards.append(header)
             index = header.index
             for key in index["keys"]:
+                if key in lookup and self.duplicates == "first":
+                    keys.append(key)  # a row nobody looks up: the first shard's record wins
+                    new_row_shard.append(shard_id)
+                    continue
                 if key in lookup:
-                    owner = next((h for h in shards[:-1] if key in h.index["keys"]), header)
+                    row = lookup[key]
+                    owner = int(self._columns["shard"][row]) if row < len(self._row_keys) else new_row_shard[row - len(self._row_keys)]
                     raise MaskStoreError(
-                        header.path, f"is also stored in {owner.path}; remove one of the two shards", key=key
-                    )
+                        header.path, f"is also stored in {shards[owner].path if owner < len(shards) else header.path}; "
+                        "remove one of the two shards", key=key,
+                    )  # fmt: skip
                 lookup[key] = len(keys)
                 keys.append(key)
-            count = header.num_images
+                new_row_shard.append(shard_id)
+            count = len(index["keys"])
             for name in _INT_COLUMNS:
                 column = np.asarray(index[name], dtype=np.int64).reshape(count)
                 parts[name].append(column + header.tensors["data"].begin if name == "data_offset" else column)
             parts["shard"].append(np.full(count, shard_id, np.int64))
             parts["encoding"].append(np.asarray([ENCODINGS.index(e) for e in index["encoding"]], np.uint8).reshape(count))
             parts["order"].append(np.asarray([ORDERS.index(o) for o in index["order"]], np.uint8).reshape(count))
+            shards.append(dataclasses.replace(header, index={}))  # the columns now live in self._columns
         self._columns = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-        self._keys, self._lookup, self._shards = keys, lookup, shards
+        self._row_keys, self._lookup, self._shards = keys, lookup, shards
         return len(new)
 
     def _row(self, key: str) -> int:
@@ -135,17 +155,17 @@ class MaskStore:
             fail("key", "a str image key", key, error=TypeError)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._lookup)
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and key in self._lookup
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return iter(self._lookup)
 
     def keys(self) -> list[str]:
         """All image keys, in shard-name order, then write order."""
-        return list(self._keys)
+        return list(self._lookup)
 
     @property
     def shards(self) -> list[Path]:
@@ -190,8 +210,10 @@ class MaskStore:
 
     def _read_into(self, shard_id: int, offset: int, out: np.ndarray) -> None:
         """Fill the uint8 array ``out`` with the shard bytes at absolute ``offset``."""
+        if out.nbytes == 0:
+            return
         fd = self._fd(shard_id)
-        view = memoryview(out).cast("B")
+        view = memoryview(out.reshape(-1)).cast("B")
         done = 0
         while done < len(view):
             if hasattr(os, "preadv"):
@@ -228,7 +250,7 @@ class MaskStore:
         self._read_into(shard_id, int(c["data_offset"][row]), out)
         if self.verify and zlib.crc32(out) != int(c["crc32"][row]):
             raise MaskStoreError(
-                self._shards[shard_id].path, "checksum mismatch: the record is corrupt", key=self._keys[row]
+                self._shards[shard_id].path, "checksum mismatch: the record is corrupt", key=self._row_keys[row]
             )
         return out
 
@@ -240,12 +262,12 @@ class MaskStore:
         blob = self._record_bytes(row).tobytes()
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         if bounds[-1] != len(blob):
-            raise MaskStoreError(self._shards[shard_id].path, "corrupt RLE record lengths", key=self._keys[row])
+            raise MaskStoreError(self._shards[shard_id].path, "corrupt RLE record lengths", key=self._row_keys[row])
         counts = [blob[bounds[i] : bounds[i + 1]] for i in range(n)]
         try:
             return decode_rle(counts, int(c["height"][row]), int(c["width"][row]))
         except Exception as exc:  # pycocotools raises bare Exceptions on garbage
-            raise MaskStoreError(self._shards[shard_id].path, f"corrupt RLE record ({exc})", key=self._keys[row]) from exc
+            raise MaskStoreError(self._shards[shard_id].path, f"corrupt RLE record ({exc})", key=self._row_keys[row]) from exc
 
     # ------------------------------------------------------------------ public reads
 
@@ -308,7 +330,7 @@ class MaskStore:
             if c["encoding"][row] == ENCODINGS.index("packbits"):
                 if end - begin != int(c["data_nbytes"][row]):
                     path = self._shards[int(c["shard"][row])].path
-                    raise MaskStoreError(path, "corrupt record: size disagrees with its shape", key=self._keys[row])
+                    raise MaskStoreError(path, "corrupt record: size disagrees with its shape", key=self._row_keys[row])
                 self._record_bytes(row, flat[begin:end])
             else:
                 masks = self._decode_rle(row)
@@ -320,6 +342,20 @@ class MaskStore:
         ]
 
     # ------------------------------------------------------------------ lifetime
+
+    def __getstate__(self) -> dict:
+        """For spawned ``DataLoader`` workers: the index travels, file handles do not."""
+        state = self.__dict__.copy()
+        for name in ("_lock", "_fds", "_shard_arrays"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._fds = OrderedDict()
+        self._fd_pid = os.getpid()
+        self._shard_arrays = OrderedDict()
 
     def close(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ COCO RLE runs over the *column-major* flattened mask, starting with a run of zer
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -57,7 +58,9 @@ def decode_rle(counts: Sequence[bytes | str], height: int, width: int) -> np.nda
     if len(counts) == 0:
         return np.zeros((0, height, width), dtype=np.bool_)
     rles = [{"size": [height, width], "counts": c if isinstance(c, bytes) else c.encode("ascii")} for c in counts]
-    decoded = _mask_utils().decode(rles)  # (H, W, N) uint8, Fortran order
+    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoded = _mask_utils().decode(rles)  # (H, W, N) uint8, Fortran order
     return np.ascontiguousarray(decoded.transpose(2, 0, 1), dtype=np.bool_)
 
 
@@ -73,4 +76,6 @@ def decode_coco_rle(rle: Mapping[str, Any], *, source: str = "rle") -> np.ndarra
         rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
     else:
         rle = {"size": [height, width], "counts": counts if isinstance(counts, bytes) else counts.encode("ascii")}
-    return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.bool_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.bool_)

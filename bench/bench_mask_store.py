@@ -1,0 +1,282 @@
+"""Mask store vs the reference layout (one ``.npy`` per mask), and the mask job's masks/s.
+
+Run::
+
+    .venv/bin/python -m pytest bench/bench_mask_store.py -q -p no:cacheprovider
+
+Data: 16 generated images of 480×640 with 20–60 masks each, built from the real SAM 2
+masklets of SA-V video ``sav_000001`` (Segment Anything Video dataset, Meta, CC BY 4.0;
+located through ``OGKERNELS_SHARED_DATA``): each mask is a transposed SA-V mask (848×480 →
+480×848), randomly flipped and cropped to 640 columns around the object, so shapes are real
+(smooth boundaries, holes, thin parts). Loads are timed with a warm page cache; on a cold
+cache the load ratio follows the bytes-on-disk ratio.
+
+Recorded in ``benchmark.extra_info`` and printed side by side at the end: bytes on disk per
+image (apparent and allocated), write and batch-load times, store vs reference, and masks/s
+of ``integration.sam2_mask_job`` on the CPU with a **small random-weight** SAM 2.1 Hiera-T
+(image size 256, 4×4 points): a smoke figure for the pipeline, not SAM2-L throughput.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ogkernels import downsample_masks
+from ogkernels.masks import MaskStore, MaskStoreWriter, reference_order
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OGKERNELS_SHARED_DATA", REPO.parent / "shared" / "data"))
+SAV_FILE = "sav_000001_auto.json"  # SA-V (Meta), CC BY 4.0
+HEIGHT, WIDTH = 480, 640
+NUM_IMAGES, BATCH = 16, 8
+RESULTS: dict[str, dict[str, float]] = {}
+
+
+def _sav_masks() -> np.ndarray:
+    """All SA-V ``sav_000001`` masks (Meta, CC BY 4.0) with >= 500 pixels, ``bool (M, 848, 480)``."""
+    path = SHARED / SAV_FILE
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
+    from pycocotools import mask as mask_utils
+
+    frames = json.loads(path.read_text())["masklet"][::4]
+    stack = np.concatenate([mask_utils.decode(f).transpose(2, 0, 1) for f in frames]).astype(bool)
+    return stack[stack.sum(axis=(1, 2)) >= 500]
+
+
+def _image_masks(source: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """20–60 masks ``bool (N, 480, 640)`` from SA-V shapes (transposed, flipped, cropped)."""
+    count = int(rng.integers(20, 61))
+    out = np.zeros((count, HEIGHT, WIDTH), dtype=bool)
+    for i in range(count):
+        mask = source[rng.integers(len(source))].T  # (480, 848)
+        if rng.random() < 0.5:
+            mask = mask[:, ::-1]
+        if rng.random() < 0.5:
+            mask = mask[::-1]
+        cols = np.flatnonzero(mask.any(axis=0))
+        centre = int(cols.mean()) if cols.size else mask.shape[1] // 2
+        left = int(np.clip(centre - rng.integers(WIDTH // 4, 3 * WIDTH // 4), 0, mask.shape[1] - WIDTH))
+        out[i] = mask[:, left : left + WIDTH]
+    return out
+
+
+def _disk_bytes(paths: list[Path]) -> tuple[int, int]:
+    """(apparent bytes, allocated bytes) of files."""
+    stats = [p.stat() for p in paths]
+    return sum(s.st_size for s in stats), sum(s.st_blocks * 512 for s in stats)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> dict:
+    rng = np.random.default_rng(0)
+    source = _sav_masks()
+    images = {f"coco/train2017/{i:012d}.jpg": _image_masks(source, rng) for i in range(NUM_IMAGES)}
+    root = tmp_path_factory.mktemp("mask_bench")
+    return {"images": images, "root": root, "keys": list(images)[:BATCH]}
+
+
+def _write_reference(root: Path, images: dict[str, np.ndarray]) -> list[Path]:
+    paths = []
+    for key, masks in images.items():
+        directory = root / "partition_0" / key
+        directory.mkdir(parents=True, exist_ok=True)
+        for i, mask in enumerate(masks):
+            path = directory / f"mask_{i}.npy"
+            np.save(path, np.asfortranarray(mask))  # what the reference writes
+            paths.append(path)
+    return paths
+
+
+def _write_store(root: Path, images: dict[str, np.ndarray], encoding: str) -> list[Path]:
+    with MaskStoreWriter(root, encoding=encoding, shard_size=len(images)) as writer:
+        for key, masks in images.items():
+            writer.add(key, masks)
+    return MaskStore(root).shards
+
+
+def _load_reference(root: Path, keys: list[str]) -> list[torch.Tensor]:
+    """The reference loader: sorted(glob(mask_*.npy)), np.load each, stack."""
+    out = []
+    for key in keys:
+        files = sorted(glob.glob(os.path.join(root, "partition_0", key, "mask_*.npy")))
+        out.append(torch.stack([torch.from_numpy(np.load(f)) for f in files]))
+    return out
+
+
+def _median(benchmark) -> float | None:
+    stats = getattr(benchmark, "stats", None)
+    return float(stats.stats.median) if stats is not None else None
+
+
+def _record(benchmark, name: str, **values: float) -> None:
+    median = _median(benchmark)
+    if median is not None:
+        values["median_s"] = median
+    RESULTS.setdefault(name, {}).update(values)
+    benchmark.extra_info.update(values)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_summary(request):
+    yield
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if not RESULTS:
+        return
+    lines: list[str] = []
+    write = lines.append
+    write(f"mask store vs reference layout ({NUM_IMAGES} images, 480x640, 20-60 SA-V-shaped masks; batch {BATCH})")
+    ref = RESULTS.get("reference", {})
+    for name in ("packbits", "rle"):
+        row = RESULTS.get(name)
+        if not row or not ref:
+            continue
+        write(
+            f"  bytes/image   reference {ref['bytes_per_image']:>12,.0f} (alloc {ref['allocated_per_image']:>12,.0f})"
+            f" | store[{name}] {row['bytes_per_image']:>10,.0f} (alloc {row['allocated_per_image']:>10,.0f})"
+            f" | ratio {ref['bytes_per_image'] / row['bytes_per_image']:6.1f}x"
+        )
+    for name in ("load/packbits", "load/rle", "load+phi/packbits"):
+        value = RESULTS.get(name, {}).get("median_s")
+        base = RESULTS.get("load+phi/reference" if name.startswith("load+phi") else "load/reference", {}).get("median_s")
+        if value and base:
+            write(f"  {name:<18} reference {base * 1e3:9.2f} ms/batch | store {value * 1e3:9.2f} ms/batch | speedup {base / value:6.1f}x")
+    job = RESULTS.get("job")
+    if job:
+        write(f"  mask job (CPU, random-weight SAM 2.1 Hiera-T @256, 4x4 points): {job['masks_per_second']:.1f} masks/s, {job['images_per_second']:.2f} images/s")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            print("\n" + "\n".join(lines), flush=True)
+    else:
+        print("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- bytes + write
+
+
+def test_write_reference_layout(benchmark, dataset):
+    benchmark.group = "write 16 images"
+    root = dataset["root"] / "reference"
+
+    def write():
+        shutil.rmtree(root, ignore_errors=True)
+        return _write_reference(root, dataset["images"])
+
+    paths = benchmark.pedantic(write, rounds=2, iterations=1)
+    apparent, allocated = _disk_bytes(paths)
+    masks = sum(len(m) for m in dataset["images"].values())
+    _record(benchmark, "reference", bytes_per_image=apparent / NUM_IMAGES, allocated_per_image=allocated / NUM_IMAGES,
+            files_per_image=len(paths) / NUM_IMAGES, masks_per_image=masks / NUM_IMAGES)  # fmt: skip
+
+
+@pytest.mark.parametrize("encoding", ["packbits", "rle"])
+def test_write_store(benchmark, dataset, encoding):
+    benchmark.group = "write 16 images"
+    root = dataset["root"] / f"store_{encoding}"
+
+    def write():
+        shutil.rmtree(root, ignore_errors=True)
+        return _write_store(root, dataset["images"], encoding)
+
+    paths = benchmark.pedantic(write, rounds=2, iterations=1)
+    apparent, allocated = _disk_bytes(paths + [root / "store.json"])
+    values = {"bytes_per_image": apparent / NUM_IMAGES, "allocated_per_image": allocated / NUM_IMAGES}
+    ref = RESULTS.get("reference")
+    if ref:
+        values["size_ratio_vs_reference"] = ref["bytes_per_image"] / values["bytes_per_image"]
+    _record(benchmark, encoding, **values)
+
+
+# --------------------------------------------------------------------------- load a batch
+
+
+def test_load_batch_reference(benchmark, dataset):
+    benchmark.group = f"load batch of {BATCH}"
+    root = dataset["root"] / "reference"
+    if not root.is_dir():
+        _write_reference(root, dataset["images"])
+    out = benchmark(_load_reference, root, dataset["keys"])
+    source = dataset["images"][dataset["keys"][0]]
+    assert torch.equal(out[0], torch.from_numpy(source[reference_order(len(source))]))  # mask_10 < mask_2
+    _record(benchmark, "load/reference")
+
+
+@pytest.mark.parametrize("encoding", ["packbits", "rle"])
+def test_load_batch_store(benchmark, dataset, encoding):
+    benchmark.group = f"load batch of {BATCH}"
+    root = dataset["root"] / f"store_{encoding}"
+    if not root.is_dir():
+        _write_store(root, dataset["images"], encoding)
+    store = MaskStore(root)
+    out = benchmark(store.load_batch, dataset["keys"])
+    assert torch.equal(out[0].unpack(), torch.from_numpy(dataset["images"][dataset["keys"][0]]))
+    values = {}
+    ref = RESULTS.get("load/reference", {}).get("median_s")
+    if ref and _median(benchmark):
+        values["speedup_vs_reference"] = ref / _median(benchmark)
+    _record(benchmark, f"load/{encoding}", **values)
+
+
+@pytest.mark.parametrize("layout", ["reference", "packbits"])
+def test_load_and_downsample(benchmark, dataset, layout):
+    """Disk to the (M, 576) kept-mask bitmaps: dense bool masks vs bit-packed, same Φ."""
+    benchmark.group = f"load + downsample_masks(576), batch of {BATCH}"
+    if layout == "reference":
+        root = dataset["root"] / "reference"
+        run = lambda: downsample_masks(_load_reference(root, dataset["keys"]), 576)  # noqa: E731
+    else:
+        store = MaskStore(dataset["root"] / "store_packbits")
+        run = lambda: downsample_masks(store.load_batch(dataset["keys"]), 576)  # noqa: E731
+    out = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    assert out.shape == (sum(len(dataset["images"][k]) for k in dataset["keys"]), 576)
+    _record(benchmark, f"load+phi/{layout}")
+
+
+# --------------------------------------------------------------------------- the mask job
+
+
+def test_mask_job_cpu_random_weights(benchmark, tmp_path):
+    """masks/s of integration.sam2_mask_job on the CPU, small RANDOM-WEIGHT SAM 2.1 Hiera-T
+    (256 px, 4×4 points, thresholds 0, NMS off): a pipeline smoke figure, not SAM2-L speed."""
+    pytest.importorskip("sam2")
+    from PIL import Image
+
+    import integration.sam2_mask_job as job
+
+    benchmark.group = "mask job (CPU, random-weight SAM2 Hiera-T)"
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    args = [
+        "--images", str(images), "--random-weights", "--config", "configs/sam2.1/sam2.1_hiera_t.yaml",
+        "--override", "++model.image_size=256", "--points-per-side", "4", "--pred-iou-thresh", "0",
+        "--stability-score-thresh", "0", "--box-nms-thresh", "1.0", "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    generate = job.build_sam2_generator(job.build_parser().parse_args([*args, "--store", "x"]))
+    generate(np.zeros((64, 64, 3), np.uint8))  # warm-up outside the timing
+    counter = {"round": 0}
+
+    def run():
+        counter["round"] += 1
+        from ogkernels.masks import list_image_folder, run_mask_job
+
+        return run_mask_job(list_image_folder(images), images, tmp_path / f"store{counter['round']}", generate)
+
+    report = benchmark.pedantic(run, rounds=2, iterations=1)
+    assert report.ok and report.masks > 0
+    _record(benchmark, "job", masks_per_second=report.masks / report.seconds,
+            images_per_second=report.processed / report.seconds, masks_per_image=report.masks / report.processed,
+            model="random-weight SAM 2.1 Hiera-T, image_size 256, 4x4 points, CPU")  # fmt: skip

@@ -1,0 +1,1 @@
+"""Integration jobs and scripts around ogkernels (run as python -m integration.<name>)."""

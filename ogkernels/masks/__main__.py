@@ -1,0 +1,106 @@
+"""Command line: ``python -m ogkernels.masks {import,info,verify} ...``.
+
+* ``import SRC STORE``: convert the reference layout (``SRC/partition_*/<key>/mask_<i>.npy``).
+* ``info STORE``: images, masks, shards and bytes of a store.
+* ``verify STORE [--image-root DIR]``: read every record with CRC checks (and compare the
+  recorded sizes with the images' when ``--image-root`` is given).
+
+Exit status: 0 fine, 1 some images failed, 2 unusable arguments or store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import MaskStoreError
+from .images import read_image_size
+from .importer import import_reference_layout
+from .reader import MaskStore
+from .report import MaskFailure
+
+
+def _import(args: argparse.Namespace) -> int:
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        progress = lambda items: tqdm(items, unit="img", desc="import")  # noqa: E731
+    report = import_reference_layout(
+        args.source, args.store, order=args.order, encoding=args.encoding, image_root=args.image_root,
+        use_metadata=not args.ignore_metadata, shard_size=args.shard_size, progress=progress,
+    )  # fmt: skip
+    print(
+        f"imported {report.imported} images ({report.masks} masks, {report.zero_mask_images} with zero masks), "
+        f"{report.skipped_existing} already in {report.store}, {len(report.failures)} failed"
+    )
+    for failure in report.failures:
+        print(f"  FAILED {failure}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _info(args: argparse.Namespace) -> int:
+    store = MaskStore(args.store)
+    keys = store.keys()
+    infos = [store.info(k) for k in keys]
+    size = sum(p.stat().st_size for p in store.shards)
+    masks = sum(i.num_masks for i in infos)
+    print(f"{store.root}: format version {store.manifest['format_version']}, {len(keys)} images, {masks} masks, "
+          f"{len(store.shards)} shards, {size:,} bytes ({size / max(len(keys), 1):,.0f} per image)")  # fmt: skip
+    for encoding in ("packbits", "rle"):
+        count = sum(i.encoding == encoding for i in infos)
+        if count:
+            print(f"  {encoding}: {count} images")
+    print(f"  zero-mask images: {sum(i.num_masks == 0 for i in infos)}; with metadata: {sum(i.has_metadata for i in infos)}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    store = MaskStore(args.store, verify=True)
+    failures: list[MaskFailure] = []
+    for key in store.keys():
+        info = store.info(key)
+        try:
+            store.get(key)
+            if args.image_root is not None:
+                size = read_image_size(args.image_root / key, key)
+                if size != (info.height, info.width):
+                    failures.append(MaskFailure(key, str(args.image_root / key),
+                                                f"masks of (height, width) {(info.height, info.width)} in {info.shard}, the image is {size}"))  # fmt: skip
+        except MaskStoreError as exc:
+            failures.append(MaskFailure.from_exception(key, exc.path, exc))
+    print(f"verified {len(store)} images in {len(store.shards)} shards: {len(failures)} problems")
+    for failure in failures:
+        print(f"  FAILED {failure}", file=sys.stderr)
+    return 0 if not failures else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ogkernels.masks", description="ogkernels mask store tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    imp = commands.add_parser("import", help="import the reference .npy layout")
+    imp.add_argument("source", type=Path, help="folder holding partition_*/")
+    imp.add_argument("store", type=Path)
+    imp.add_argument("--order", choices=("lexicographic", "numeric"), default="lexicographic")
+    imp.add_argument("--encoding", choices=("packbits", "rle"), default="packbits")
+    imp.add_argument("--image-root", type=Path, help="dataset root: check sizes, size zero-mask images")
+    imp.add_argument("--ignore-metadata", action="store_true")
+    imp.add_argument("--shard-size", type=int, default=1024)
+    imp.add_argument("--no-progress", action="store_true")
+    info = commands.add_parser("info", help="summarise a store")
+    info.add_argument("store", type=Path)
+    ver = commands.add_parser("verify", help="CRC-check every record")
+    ver.add_argument("store", type=Path)
+    ver.add_argument("--image-root", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        return {"import": _import, "info": _info, "verify": _verify}[args.command](args)
+    except (MaskStoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
