@@ -7,6 +7,7 @@ Public API:
     VarlenBatch        packed variable-length sequences (values, cu_seqlens, max_seqlen)
     PackedMasks        bit-packed masks (numpy.packbits layout)
     varlen_attention   flash-attn's varlen contract, with an exact PyTorch fallback
+    pack_multimodal    text + image tokens of a batch in one padding-free packed sequence
     budget             token counts and LLM costs (visual_token_count, og_token_counts, …)
     masks              the SAM2 mask store (MaskStore, MaskStoreWriter) and its importer
     reference          the faithful, slow reference implementation (the tests' oracle)
@@ -19,6 +20,7 @@ from .downsample import downsample_masks
 from .fusion import OGFusion, PaddedTokens
 from .masks import MaskStore, MaskStoreWriter
 from .packed_masks import PackedMasks
+from .packing import PackedBatch, pack_multimodal
 from .tokens import og_tokens
 from .varlen import VarlenBatch
 
@@ -26,6 +28,7 @@ __all__ = [
     "MaskStore",
     "MaskStoreWriter",
     "OGFusion",
+    "PackedBatch",
     "PackedMasks",
     "PaddedTokens",
     "VarlenBatch",
@@ -33,6 +36,7 @@ __all__ = [
     "downsample_masks",
     "masks",
     "og_tokens",
+    "pack_multimodal",
     "reference",
     "varlen_attention",
 ]

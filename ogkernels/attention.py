@@ -204,46 +204,57 @@ def _attention_torch(
     causal: bool,
     scale: float,
 ) -> torch.Tensor:
+    """Sequences with the same ``(L_q, L_k)`` attend in one batched SDPA call (a uniform batch
+    is a single call); the results are concatenated back in order."""
     offsets_q = cu_seqlens_q.tolist()
     offsets_k = cu_seqlens_k.tolist()
     _check_offsets("cu_seqlens_q", offsets_q, q.shape[0], max_seqlen_q, "max_seqlen_q")
     _check_offsets("cu_seqlens_k", offsets_k, k.shape[0], max_seqlen_k, "max_seqlen_k")
+    batch = len(offsets_q) - 1
+    if batch == 0:
+        return q.new_zeros(q.shape)
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     groups = q.shape[1] // k.shape[1]
-    pieces = []
-    for b in range(len(offsets_q) - 1):
-        q_b = q[offsets_q[b] : offsets_q[b + 1]].to(compute)
-        k_b = k[offsets_k[b] : offsets_k[b + 1]].to(compute)
-        v_b = v[offsets_k[b] : offsets_k[b + 1]].to(compute)
-        pieces.append(_sequence_attention(q_b, k_b, v_b, groups, causal, scale))
-    if not pieces:
-        return q.new_zeros(q.shape)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for b in range(batch):
+        shape = (offsets_q[b + 1] - offsets_q[b], offsets_k[b + 1] - offsets_k[b])
+        by_shape.setdefault(shape, []).append(b)
+    pieces: list[torch.Tensor | None] = [None] * batch
+    for members in by_shape.values():
+        q_g = torch.stack([q[offsets_q[b] : offsets_q[b + 1]] for b in members]).to(compute)
+        k_g = torch.stack([k[offsets_k[b] : offsets_k[b + 1]] for b in members]).to(compute)
+        v_g = torch.stack([v[offsets_k[b] : offsets_k[b + 1]] for b in members]).to(compute)
+        out = _attend(q_g, k_g, v_g, groups, causal, scale)
+        for j, b in enumerate(members):
+            pieces[b] = out[j]
     return torch.cat(pieces, dim=0).to(q.dtype)
 
 
-def _sequence_attention(
+def _attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int, causal: bool, scale: float
 ) -> torch.Tensor:
-    """One sequence: ``q (L_q, H, D)``, ``k/v (L_k, H_k, D)`` → ``(L_q, H, D)``."""
-    len_q, len_k = q.shape[0], k.shape[0]
+    """``N`` sequences of one shape: ``q (N, L_q, H, D)``, ``k/v (N, L_k, H_k, D)`` →
+    ``(N, L_q, H, D)``."""
+    len_q, len_k = q.shape[1], k.shape[1]
     # Bottom-right causal alignment: query i sees keys j <= i + len_k - len_q. The first
     # len_q - len_k queries see no key at all: their output is zero (flash-attn's convention).
     if len_k == 0:
         blind = len_q
     else:
         blind = max(len_q - len_k, 0) if causal else 0
-    out = q.new_zeros(blind, q.shape[1], v.shape[2])
-    seeing = q[blind:]
-    if seeing.shape[0] == 0:
+    out = q.new_zeros(q.shape[0], blind, q.shape[2], v.shape[3])
+    seeing = q[:, blind:]
+    if seeing.shape[1] == 0:
         return out
     if groups > 1:
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    query, key, value = seeing.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
-    mask = None
-    if causal:
-        rows = torch.arange(seeing.shape[0], device=q.device)[:, None] + (blind + len_k - len_q)
+        k = k.repeat_interleave(groups, dim=2)
+        v = v.repeat_interleave(groups, dim=2)
+    query, key, value = seeing.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    mask, square = None, seeing.shape[1] == len_k
+    if causal and not square:
+        rows = torch.arange(seeing.shape[1], device=q.device)[:, None] + (blind + len_k - len_q)
         mask = torch.arange(len_k, device=q.device)[None, :] <= rows
-    attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale)
-    return torch.cat([out, attended.transpose(0, 1)], dim=0)
-
+    attended = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=causal and square, scale=scale
+    )
+    return torch.cat([out, attended.transpose(1, 2)], dim=1)

@@ -169,7 +169,8 @@ def plan_packing(
                 fail(f"labels[{b}]", f"{lengths[b]} labels (the length of input_ids[{b}])", labels[b])
         label_flat = label_flat.to(device)
 
-    sample_of = torch.repeat_interleave(torch.arange(batch, device=device), torch.tensor(lengths, dtype=torch.int64, device=device))
+    per_sample = torch.tensor(lengths, dtype=torch.int64, device=device)
+    sample_of = torch.repeat_interleave(torch.arange(batch, device=device), per_sample)
     is_placeholder = ids == image_token_id
     placeholders = torch.zeros(batch, dtype=torch.int64, device=device).index_add_(
         0, sample_of, is_placeholder.long()
@@ -387,7 +388,9 @@ def _check_image_lengths(image_lengths: Any, batch: int, device: torch.device) -
         if image_lengths.dim() != 1 or image_lengths.dtype.is_floating_point or image_lengths.dtype == torch.bool:
             fail("image_lengths", "a 1-D integer tensor (B,)", image_lengths, error=TypeError)
         out = image_lengths.to(device=device, dtype=torch.int64)
-    elif isinstance(image_lengths, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool) for n in image_lengths):
+    elif isinstance(image_lengths, (list, tuple)) and all(
+        isinstance(n, int) and not isinstance(n, bool) for n in image_lengths
+    ):
         out = torch.tensor(list(image_lengths), dtype=torch.int64, device=device)
     else:
         fail("image_lengths", "a sequence of ints or a 1-D integer tensor", image_lengths, error=TypeError)

@@ -3,10 +3,9 @@
 After :func:`register_varlen_attention`, a model built or switched with
 ``attn_implementation="ogkernels_varlen"`` attends packed sequences through
 :func:`ogkernels.varlen_attention`: flash-attn on CUDA fp16/bf16 when installed, the exact
-PyTorch fallback elsewhere (no ``(S, S)`` mask is ever built). transformers builds no mask for
-an implementation it does not know, so sequence boundaries come from the
-``FlashAttentionKwargs`` (``cu_seq_lens_q/k``, ``max_length_q/k``) or, failing those, from
-``position_ids`` restarting at 0 per sample.
+PyTorch fallback elsewhere (no ``(S, S)`` mask is ever built). Masks are prepared as for
+flash-attn: sequence boundaries come from the ``FlashAttentionKwargs``
+(``cu_seq_lens_q/k``, ``max_length_q/k``), a 2-D padding mask, or packed ``position_ids``.
 """
 
 from __future__ import annotations
@@ -23,23 +22,28 @@ ATTENTION_NAME = "ogkernels_varlen"
 
 def register_varlen_attention(name: str = ATTENTION_NAME) -> str:
     """Register :func:`varlen_attention_forward` in transformers' ``AttentionInterface``
-    under ``name`` (idempotent); returns ``name``."""
+    under ``name``, with flash-attn's mask preparation (a 2-D padding mask, or None when
+    there is no padding) in ``AttentionMaskInterface``. Idempotent; returns ``name``."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
     AttentionInterface.register(name, varlen_attention_forward)
+    AttentionMaskInterface.register(name, flash_attention_mask)
     return name
 
 
 def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(cu_seqlens int32 (B+1,), max_seqlen)`` of sequences packed in one row, each starting
-    where ``position_ids`` drops back to 0. ``position_ids``: ``(1, S)`` or ``(S,)``."""
+    """``(cu_seqlens int32 (B+1,), max_seqlen)`` of the sequences packed in one row: a new
+    sequence starts wherever the position does not follow the previous one (transformers'
+    rule for packed ``position_ids``). ``position_ids``: ``(1, S)`` or ``(S,)``."""
     flat = position_ids.reshape(-1)
-    starts = torch.nonzero(flat == 0).flatten()
-    if flat.numel() and (starts.numel() == 0 or int(starts[0]) != 0):
-        fail("position_ids", "packed positions starting at 0 for every sequence", position_ids)
-    bounds = torch.cat([starts, torch.tensor([flat.numel()], device=flat.device)])
-    lengths = bounds[1:] - bounds[:-1]
-    return bounds.to(torch.int32), int(lengths.max()) if lengths.numel() else 0
+    if flat.numel() == 0:
+        return torch.zeros(1, dtype=torch.int32, device=flat.device), 0
+    breaks = torch.nonzero(flat[1:] != flat[:-1] + 1).flatten() + 1
+    zero = torch.zeros(1, dtype=breaks.dtype, device=flat.device)
+    end = torch.full((1,), flat.numel(), dtype=breaks.dtype, device=flat.device)
+    bounds = torch.cat([zero, breaks, end])
+    return bounds.to(torch.int32), int((bounds[1:] - bounds[:-1]).max())
 
 
 def varlen_attention_forward(
@@ -55,43 +59,75 @@ def varlen_attention_forward(
     """transformers attention function: ``query (B, H, S, D)``, ``key/value (B, H_k, S_k, D)``
     → ``((B, S, H, D), None)``.
 
-    With ``cu_seq_lens_q`` in ``kwargs`` (or packed ``position_ids``) the batch must be one
-    packed row (``B == 1``); otherwise each batch row is one sequence. A padding
-    ``attention_mask`` cannot be honoured (pack instead), nor attention dropout: both raise
-    ``ValueError``.
+    Sequences, in this order of precedence:
+    - ``cu_seq_lens_q/k`` in ``kwargs``: one packed row (``B == 1``);
+    - a 2-D padding ``attention_mask (B, S_k)``: each row's unmasked tokens (padded query rows
+      output zeros);
+    - packed ``position_ids`` (``B == 1``, no cache): a new sequence wherever positions restart;
+    - otherwise each batch row is one sequence.
+    Causal attention is bottom-right aligned, so decoding with a cache works. Attention
+    dropout is not supported (``ValueError``).
     """
-    if attention_mask is not None:
-        fail("attention_mask", f"None with attn_implementation={ATTENTION_NAME!r} (pack sequences instead)", attention_mask)
     if dropout:
         fail("dropout", f"0.0 with attn_implementation={ATTENTION_NAME!r}", dropout)
     batch, heads, length, dim = query.shape
     length_k = key.shape[2]
+    causal = bool(getattr(module, "is_causal", True))
+    q = query.transpose(1, 2)
+    k = key.transpose(1, 2)
+    v = value.transpose(1, 2)
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
-    max_q, max_k = kwargs.get("max_length_q"), kwargs.get("max_length_k")
+    if cu_q is not None:
+        if batch != 1:
+            fail("query", "one packed row (batch 1) with cu_seq_lens_q", query)
+        if attention_mask is not None:
+            fail("attention_mask", "None with cu_seq_lens_q (a packed batch)", attention_mask)
+        max_q = kwargs.get("max_length_q")
+        cu_k = cu_q if cu_k is None else cu_k
+        max_k = kwargs.get("max_length_k", max_q)
+        out = _attend(q[0], k[0], v[0], cu_q, cu_k, max_q, max_k, causal, scaling)
+        return out.reshape(1, length, heads, -1), None
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or attention_mask.shape != (batch, length_k):
+            fail("attention_mask", f"a 2-D padding mask ({batch}, {length_k})", attention_mask)
+        keys = attention_mask.bool()
+        queries = keys[:, -length:]
+        cu_q, max_q = _offsets(queries.sum(1))
+        cu_k, max_k = _offsets(keys.sum(1))
+        rows = _attend(q[queries], k[keys], v[keys], cu_q, cu_k, max_q, max_k, causal, scaling)
+        out = rows.new_zeros(batch, length, heads, rows.shape[-1])
+        out[queries] = rows
+        return out, None
     position_ids = kwargs.get("position_ids")
-    if cu_q is None and position_ids is not None and batch == 1 and length == length_k and length > 1:
+    if position_ids is not None and batch == 1 and length == length_k and length > 1:
         cu_q, max_q = cu_seqlens_from_position_ids(position_ids)
-        cu_k, max_k = cu_q, max_q
-    if cu_q is None:
-        cu_q = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=query.device)
-        cu_k = torch.arange(0, (batch + 1) * length_k, length_k, dtype=torch.int32, device=query.device)
-        max_q, max_k = length, length_k
-    elif batch != 1:
-        fail("query", "one packed row (batch 1) with cu_seq_lens_q", query)
-    cu_k = cu_q if cu_k is None else cu_k
-    max_k = max_q if max_k is None else max_k
-    q = query.transpose(1, 2).reshape(batch * length, heads, dim)
-    k = key.transpose(1, 2).reshape(batch * length_k, key.shape[1], dim)
-    v = value.transpose(1, 2).reshape(batch * length_k, value.shape[1], value.shape[3])
-    out = varlen_attention(
-        q,
-        k,
-        v,
+        out = _attend(q[0], k[0], v[0], cu_q, cu_q, max_q, max_q, causal, scaling)
+        return out.reshape(1, length, heads, -1), None
+    cu_q, max_q = _offsets(torch.full((batch,), length, device=query.device))
+    cu_k, max_k = _offsets(torch.full((batch,), length_k, device=query.device))
+    flat_q = q.reshape(batch * length, heads, dim)
+    flat_k = k.reshape(batch * length_k, k.shape[2], dim)
+    flat_v = v.reshape(batch * length_k, v.shape[2], v.shape[3])
+    out = _attend(flat_q, flat_k, flat_v, cu_q, cu_k, max_q, max_k, causal, scaling)
+    return out.reshape(batch, length, heads, -1), None
+
+
+def _offsets(lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(cu_seqlens int32 (B+1,), max)`` of per-sequence ``lengths (B,)``."""
+    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
+    torch.cumsum(lengths, 0, out=cu[1:])
+    return cu, int(lengths.max()) if lengths.numel() else 0
+
+
+def _attend(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale) -> torch.Tensor:
+    return varlen_attention(
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
         cu_q.to(device=q.device, dtype=torch.int32),
         cu_k.to(device=q.device, dtype=torch.int32),
         int(max_q),
         int(max_k),
-        causal=bool(getattr(module, "is_causal", True)),
-        softmax_scale=scaling,
+        causal=causal,
+        softmax_scale=scale,
     )
-    return out.reshape(batch, length, heads, -1), None

@@ -28,18 +28,18 @@ from __future__ import annotations
 
 import logging
 import types
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._validation import fail
-from ..packing import merge_image_tokens
+from ..packing import REFERENCE_IMAGE_TOKEN_ID, merge_image_tokens
+from ..reference.merge import prepare_inputs_labels_for_multimodal
 from ..varlen import VarlenBatch
 
 logger = logging.getLogger(__name__)
-
-FLASH_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def apply_ogfusion_to_llava(
@@ -143,6 +143,8 @@ def llava_vision_features(model: nn.Module, pixel_values: torch.Tensor) -> torch
 def image_tokens_for(model: nn.Module, pixel_values: torch.Tensor, masks: Any) -> VarlenBatch:
     """The connector's tokens for a batch of images: ``VarlenBatch (T, llm_dim)``."""
     features = llava_vision_features(model, pixel_values)
+    if masks is not None:
+        masks = [None if m is None else m.to(features.device) for m in masks]
     tokens = model.model.multi_modal_projector(features, masks)
     if not isinstance(tokens, VarlenBatch):
         fail("model.model.multi_modal_projector", "a connector returning a VarlenBatch", tokens, error=TypeError)
@@ -239,3 +241,72 @@ def ogfusion_llava_forward(
         attentions=outputs.attentions,
         image_hidden_states=None if image_tokens is None else image_tokens.values,
     )
+
+
+@dataclass
+class ReferenceOutput:
+    """What :func:`reference_llava_forward` returns: ``loss`` (mean over supervised tokens),
+    ``logits (B, S_max, vocab)``, merged ``labels (B, S_max)``, ``attention_mask`` or None,
+    and ``image_rows``: the visual rows each sample received (``L_max`` for every image)."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    labels: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    image_rows: int
+
+
+def reference_llava_forward(
+    model: nn.Module,
+    connector: nn.Module,
+    pixel_values: torch.Tensor,
+    masks: Any,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    image_token_index: int = REFERENCE_IMAGE_TOKEN_ID,
+    model_max_length: int | None = None,
+) -> ReferenceOutput:
+    """The reference OG-LLaVA step on a transformers LLaVA's tower and language model.
+
+    ``connector``: a :class:`ogkernels.reference.ReferenceOGFusion` (padded ``(B, L_max, D)``
+    block, pad rows = ``MLP(0)``); the merge is
+    :func:`ogkernels.reference.merge.prepare_inputs_labels_for_multimodal` (§9): every image
+    spliced with all ``L_max`` rows, then the batch right-padded. ``input_ids (B, T)`` carry
+    ``image_token_index`` (-200) where the image goes. The baseline of the tests and benchmarks.
+    """
+    features = llava_vision_features(model, pixel_values)
+    block, _ = connector(features, masks)
+    _, position_ids, attention, _, embeds, merged_labels = prepare_inputs_labels_for_multimodal(
+        input_ids,
+        None,
+        attention_mask,
+        None,
+        labels,
+        block,
+        model.get_input_embeddings(),
+        image_token_index=image_token_index,
+        model_max_length=model_max_length,
+    )
+    out = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids, use_cache=False
+    )
+    logits = model.lm_head(out.last_hidden_state)
+    loss = None
+    if merged_labels is not None:
+        loss = model.loss_function(logits=logits, labels=merged_labels, vocab_size=model.config.text_config.vocab_size)
+    return ReferenceOutput(loss, logits, merged_labels, attention, block.shape[1])
+
+
+def reference_connector_like(connector: nn.Module) -> nn.Module:
+    """A :class:`ogkernels.reference.ReferenceOGFusion` holding ``connector``'s projector and
+    BOM values (same dtype and device): the baseline twin of an installed connector."""
+    from ..reference import ReferenceOGFusion
+
+    first = connector.mm_projector[0]
+    twin = ReferenceOGFusion(first.in_features, first.out_features).to(first.weight.device, first.weight.dtype)
+    with torch.no_grad():
+        twin.mm_projector.load_state_dict(connector.mm_projector.state_dict())
+        twin.mm_bom_mask_token.mm_bom_mask_token.copy_(connector.mm_bom_mask_token)
+    return twin

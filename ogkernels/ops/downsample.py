@@ -200,9 +200,9 @@ class _PrefixCounter:
             words = self.words.index_select(0, unit.clamp(max=self.full - 1))
             words = torch.where((unit >= self.full).unsqueeze(1), self.tail, words)
         else:
-            words = self.tail.expand(unit.numel(), -1)
-        partial = self._unit_counts(words & self.masks.index_select(0, offset))
-        return self.prefix.index_select(0, unit) + partial
+            words = self.tail.expand(unit.numel(), -1).clone()
+        words &= self.masks.index_select(0, offset)
+        return self.prefix.index_select(0, unit) + self._unit_counts(words)
 
     def pixel(self, positions: torch.Tensor) -> torch.Tensor:
         """The 0/1 value of the pixels at int64 ``positions`` (1-D, in range)."""

@@ -21,6 +21,7 @@ from .og_fusion import (
     sinusoid_table,
     sliding_window_masks,
 )
+from .merge import prepare_inputs_labels_for_multimodal
 from .phi import (
     adaptive_bin,
     downsample_mask_2d_counts,
@@ -47,6 +48,7 @@ __all__ = [
     "mask_flat_indices",
     "masks_gate",
     "og_fusion_embed",
+    "prepare_inputs_labels_for_multimodal",
     "sinusoid_table",
     "sliding_window_masks",
 ]
