@@ -11,7 +11,6 @@ bitmaps. Bin rule (exact integers, no floats):
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -20,6 +19,7 @@ import torch
 
 from ..packed_masks import PackedMasks
 from ..reference.phi import frame_window
+from .phi_torch import flat_counts, patch_counts
 
 
 
@@ -93,169 +93,6 @@ def adaptive_bounds(size: int, bins: int, device: torch.device) -> tuple[torch.T
 # PyTorch path
 # ----------------------------------------------------------------------------------------------
 
-_BYTE_LANES = 0x0101010101010101
-
-
-def _fold_byte_lanes(x: torch.Tensor) -> torch.Tensor:
-    """Sum the 8 byte lanes of int64 values whose byte-lane prefix sums stay below 256.
-
-    The product's top byte is the lane sum; the multiplication wraps modulo 2**64 (two's
-    complement), which every torch backend does for int64.
-    """
-    return (x * _BYTE_LANES) >> 56
-
-
-def _popcount64(x: torch.Tensor) -> torch.Tensor:
-    x = x - ((x >> 1) & 0x5555555555555555)
-    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
-    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
-    return _fold_byte_lanes(x)
-
-
-def _as_signed64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
-@functools.lru_cache(maxsize=None)
-def _prefix_mask_values(unit_pixels: int, packed: bool) -> tuple[tuple[int, ...], ...]:
-    """``table[r]``: the int64 word masks that select pixels ``[0, r)`` of a unit.
-
-    Dense units are ``unit_pixels / 8`` words of eight 0/1 bytes (little-endian); a packed
-    unit is one word of 64 bits, MSB first within each byte.
-    """
-    words = 1 if packed else unit_pixels // 8
-    rows = []
-    for r in range(unit_pixels):
-        row = []
-        for w in range(words):
-            if packed:
-                byte, rem = divmod(r, 8)
-                bits = (1 << (8 * byte)) - 1
-                bits |= ((0xFF << (8 - rem)) & 0xFF) << (8 * byte)
-            else:
-                covered = min(max(r - 8 * w, 0), 8)
-                bits = _BYTE_LANES & ((1 << (8 * covered)) - 1)
-            row.append(_as_signed64(bits))
-        rows.append(tuple(row))
-    return tuple(rows)
-
-
-_MASK_TABLES: dict[tuple[int, bool, torch.device], torch.Tensor] = {}
-
-
-def _prefix_masks(unit_pixels: int, packed: bool, device: torch.device) -> torch.Tensor:
-    key = (unit_pixels, packed, device)
-    if key not in _MASK_TABLES:
-        values = _prefix_mask_values(unit_pixels, packed)
-        _MASK_TABLES[key] = torch.tensor(values, dtype=torch.int64, device=device)
-    return _MASK_TABLES[key]
-
-
-class _PrefixCounter:
-    """Counts set pixels in ``[0, p)`` of a flat stream of pixel slots, for many ``p`` at once.
-
-    Dense streams are 0/1 bytes; packed streams are bits (MSB first within bytes). The stream
-    is cut into units of 64 pixels (8 int64 words dense, one word packed): unit counts are
-    summed in one pass over the data and prefix-summed; a query adds the pixels of its
-    partial unit, selected with a mask table.
-    """
-
-    UNIT_PIXELS = 64
-
-    def __init__(self, stream: torch.Tensor, packed: bool):
-        self.packed, self.stream = packed, stream
-        device = stream.device
-        unit_bytes = 8 if packed else self.UNIT_PIXELS
-        total = stream.numel()
-        full, rest = divmod(total, unit_bytes)
-        body = stream[: full * unit_bytes]
-        if body.data_ptr() % 8:
-            body = body.clone()
-        self.words = body.view(torch.int64).view(full, unit_bytes // 8)
-        counts = self._unit_counts(self.words)
-        self.tail = None
-        if rest:  # the last, partial unit, zero-padded into a small copy of its own
-            tail = torch.zeros(unit_bytes, dtype=torch.uint8, device=device)
-            tail[:rest] = stream[full * unit_bytes :]
-            self.tail = tail.view(torch.int64).view(1, unit_bytes // 8)
-            counts = torch.cat([counts, self._unit_counts(self.tail)])
-        self.prefix = torch.empty(counts.numel() + 1, dtype=torch.int64, device=device)
-        self.prefix[0] = 0
-        torch.cumsum(counts, 0, out=self.prefix[1:])
-        self.full = full
-        self.masks = _prefix_masks(self.UNIT_PIXELS, packed, device)
-
-    def _unit_counts(self, words: torch.Tensor) -> torch.Tensor:
-        if self.packed:
-            return _popcount64(words[:, 0])
-        return _fold_byte_lanes(words.sum(dim=1))
-
-    def count_before(self, positions: torch.Tensor) -> torch.Tensor:
-        """Set pixels in ``[0, p)`` for each int64 position ``0 <= p <= len`` (1-D)."""
-        unit = positions >> 6  # UNIT_PIXELS = 64
-        offset = positions & 63
-        if self.tail is None:  # a query at the very end has offset 0: any word will do
-            words = self.words.index_select(0, unit.clamp(max=self.full - 1))
-        elif self.full:
-            words = self.words.index_select(0, unit.clamp(max=self.full - 1))
-            words = torch.where((unit >= self.full).unsqueeze(1), self.tail, words)
-        else:
-            words = self.tail.expand(unit.numel(), -1).clone()
-        words &= self.masks.index_select(0, offset)
-        return self.prefix.index_select(0, unit) + self._unit_counts(words)
-
-    def pixel(self, positions: torch.Tensor) -> torch.Tensor:
-        """The 0/1 value of the pixels at int64 ``positions`` (1-D, in range)."""
-        if self.packed:
-            byte = self.stream.index_select(0, positions >> 3).to(torch.int64)
-            return (byte >> (7 - (positions & 7))) & 1
-        return self.stream.index_select(0, positions).to(torch.int64)
-
-
-def _flat_counts_torch(image: MaskImage, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-bin pixel counts ``(N, V)`` and bin lengths ``(V,)`` of the flat operator.
-
-    ``S_j = P(floor((j+1)N/V)) − P(floor(jN/V))``, plus the pixel at ``floor((j+1)N/V)``
-    when ``(j+1)N/V`` is not an integer (the one-pixel overlap of adaptive bins); ``P(p)``
-    counts the set pixels before ``p``.
-    """
-    device = image.data.device
-    n_pixels = image.height * image.width
-    starts, ends = adaptive_bounds(n_pixels, bins, device)
-    cuts = torch.cat([starts, starts.new_tensor([n_pixels])])
-    slots = 8 * image.data.shape[1] if image.packed else n_pixels
-    mask_base = torch.arange(image.num_masks, device=device, dtype=torch.int64)[:, None] * slots
-    counter = _PrefixCounter(image.byte_view(), image.packed)
-    positions = mask_base + cuts
-    before = counter.count_before(positions.view(-1)).view(image.num_masks, bins + 1)
-    counts = before[:, 1:] - before[:, :-1]
-    overlapped = ends > cuts[1:]  # never true for the last bin
-    overlap_at = torch.where(overlapped, positions[:, 1:], positions[:, :1])
-    counts += counter.pixel(overlap_at.view(-1)).view(image.num_masks, bins) * overlapped
-    return counts, ends - starts
-
-
-def _membership(size: int, bins: int, offset: int, window: int, device) -> torch.Tensor:
-    """``(bins, size)`` float 0/1: pixel ``x`` of the mask lies in window bin ``i``."""
-    starts, ends = adaptive_bounds(window, bins, device)
-    x = torch.arange(size, device=device, dtype=torch.int64) - offset
-    return ((x >= starts[:, None]) & (x < ends[:, None])).to(torch.float32)
-
-
-def _patch_counts_torch(image: MaskImage, geometry: BinGeometry, grid: tuple[int, int]) -> torch.Tensor:
-    """Per-cell pixel counts ``(N, gh·gw)`` by two membership matmuls (exact in float32)."""
-    device = image.data.device
-    gh, gw = grid
-    dense = (
-        PackedMasks(image.data, image.height, image.width).unpack() if image.packed else image.data
-    )
-    rows = _membership(image.height, gh, geometry.top, geometry.window_h, device)
-    cols = _membership(image.width, gw, geometry.left, geometry.window_w, device)
-    pixels = dense.to(torch.float32)
-    per_row = pixels.reshape(-1, image.width) @ cols.T  # (N·H, gw)
-    cells = rows @ per_row.view(image.num_masks, image.height, gw)  # (N, gh, gw)
-    return cells.round().to(torch.int64).view(image.num_masks, gh * gw)
-
 
 def downsample_torch(
     images: list[MaskImage], grid: tuple[int, int], alpha: float, mode: str, frame: str
@@ -270,13 +107,18 @@ def downsample_torch(
             continue
         geometry = bin_geometry(image, grid, alpha, mode, frame)
         if mode == "flat":
-            counts, lengths = _flat_counts_torch(image, bins)
+            n_pixels = image.height * image.width
+            slots = 8 * image.data.shape[1] if image.packed else n_pixels
+            counts = flat_counts(image.byte_view(), image.packed, image.num_masks, slots, n_pixels, bins)
+            starts, ends = adaptive_bounds(n_pixels, bins, device)
             threshold = torch.where(
-                lengths == geometry.area_lo, geometry.threshold_lo, geometry.threshold_hi
+                ends - starts == geometry.area_lo, geometry.threshold_lo, geometry.threshold_hi
             )
             outputs.append(counts >= threshold)
         else:
-            outputs.append(_patch_counts_torch(image, geometry, grid) >= geometry.threshold_lo)
+            window = (geometry.top, geometry.left, geometry.window_h, geometry.window_w)
+            counts = patch_counts(image.data, image.packed, image.height, image.width, grid, window)
+            outputs.append(counts >= geometry.threshold_lo)
     if len(outputs) == 1:
         return outputs[0]
     return torch.cat(outputs, dim=0)
