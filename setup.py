@@ -26,6 +26,7 @@ setup(
         # SAM 2 itself: `SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0`
         "sam2": ["sam2>=1.1", "pycocotools>=2.0", "tqdm>=4.60", "pillow>=9"],
         "gpu": ["flash-attn>=2.7"],
+        "bench": ["pytest-benchmark>=5", "matplotlib>=3.7"],
         "test": [
             "pytest>=8",
             "pytest-benchmark>=5",
