@@ -280,6 +280,29 @@ def test_ddp_single_process_gloo(tmp_path):
         dist.destroy_process_group()
 
 
+def test_fsdp2_single_process_gloo(tmp_path):
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
+    try:
+        _, ours = pair()
+        plain = copy.deepcopy(ours)
+        fully_shard(ours)  # parameters become DTensors, gathered around forward/backward
+        features = torch.randn(2, 9, 8)
+        masks = [torch.rand(3, 9, 9) < 0.3, torch.rand(2, 9, 9) < 0.3]
+        sharded, expected = ours(features, masks), plain(features, masks)
+        assert torch.allclose(sharded.values, expected.values, atol=1e-6)
+        (sharded.values**2).sum().backward()
+        (expected.values**2).sum().backward()
+        for (name, a), b in zip(ours.named_parameters(), plain.parameters()):
+            assert torch.allclose(a.grad.full_tensor(), b.grad, atol=1e-5), name
+    finally:
+        dist.destroy_process_group()
+
+
 def test_constructor_errors():
     with pytest.raises(ValueError, match="vision_dim"):
         OGFusion(0, 4)
