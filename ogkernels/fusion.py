@@ -30,6 +30,7 @@ from .packed_masks import PackedMasks
 from .tokens import (
     ImageMasks,
     MaskOptions,
+    as_mask_list,
     buffer_size,
     check_budget,
     check_features,
@@ -166,6 +167,7 @@ class OGFusion(nn.Module):
         check_choice("output", output, OUTPUTS)
         if masks is None:
             return self._plain(image_features, output)
+        masks = as_mask_list(masks)
         check_features(image_features, masks, None)
         batch, num_tokens, _ = image_features.shape
         check_budget(self.layout, batch, num_tokens)

@@ -183,6 +183,14 @@ def og_token_lengths(
     return plan_tokens(bitmaps, counts, layout, scores).lengths
 
 
+def as_mask_list(masks: object) -> object:
+    """A batched mask tensor ``(B, N, H, W)`` (the evaluation harness's layout) as a list of
+    its ``B`` images; anything else unchanged (validated later)."""
+    if isinstance(masks, torch.Tensor) and masks.dim() == 4:
+        return list(masks.unbind(0))
+    return masks
+
+
 def check_features(features: torch.Tensor, masks: object, bom_token: torch.Tensor | None) -> None:
     if not isinstance(features, torch.Tensor):
         fail("features", "a (B, V, F) tensor", features, error=TypeError)
@@ -193,7 +201,7 @@ def check_features(features: torch.Tensor, masks: object, bom_token: torch.Tenso
     if features.shape[1] < 1:
         fail("features", "V >= 1 patch rows", features)
     if not isinstance(masks, (list, tuple)):
-        fail("masks", "a list with one entry per image", masks, error=TypeError)
+        fail("masks", "a list with one entry per image (or a (B, N, H, W) tensor)", masks, error=TypeError)
     if len(masks) != features.shape[0]:
         fail("masks", f"{features.shape[0]} entries (one per image of features)", masks)
     if bom_token is not None:
@@ -287,7 +295,8 @@ def og_tokens(
     Args:
         features: ``(B, V, F)`` patch features, float16/bfloat16/float32/float64.
         masks: ``B`` entries: raw ``(N, H, W)`` masks, :class:`PackedMasks`, downsampled
-            ``(N, V)`` bitmaps, or None; on the features' device.
+            ``(N, V)`` bitmaps, or None; on the features' device. A ``(B, N, H, W)`` tensor
+            is taken as ``B`` images.
         bom_token: ``(1, F)`` begin-of-mask row in the features' dtype; None leaves the BOM
             rows zero (their ``source_index`` is ``BOM_ROW``, for the caller to fill).
         global_view, alpha, mode, frame, grid: see above and :func:`downsample_masks`.
@@ -306,6 +315,7 @@ def og_tokens(
         :class:`VarlenBatch` with ``values (T, F)``; differentiable w.r.t. ``features`` and
         ``bom_token`` with deterministic gradients.
     """
+    masks = as_mask_list(masks)
     check_features(features, masks, bom_token)
     budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
     layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)

@@ -71,6 +71,14 @@ def test_pad_rows_are_mlp_of_zero_and_gate_plain_path():
     assert ours(features, None, output="padded").tokens.shape == (2, 9, 12)
 
 
+def test_batched_mask_tensor_is_a_list_of_images():
+    ref, ours = pair()
+    features = torch.randn(1, 9, 8)
+    masks = torch.rand(1, 4, 10, 10) < 0.3  # the evaluation harness: one (1, N, H, W) tensor
+    expected, _ = ref(features, list(masks))
+    assert torch.allclose(ours(features, masks, output="padded").tokens, expected, atol=1e-5)
+
+
 def test_tiny_fallback_mask_takes_og_path_with_all_tokens():
     ref, ours = pair()
     features = torch.randn(1, 16, 8)
