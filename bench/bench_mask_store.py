@@ -20,10 +20,8 @@ of ``integration.sam2_mask_job`` on the CPU with a **small random-weight** SAM 2
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +46,9 @@ def _sav_masks() -> np.ndarray:
     path = SHARED / SAV_FILE
     if not path.is_file():
         pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
-    from pycocotools import mask as mask_utils
+    from ogkernels.synthetic import sav_masklets
 
-    frames = json.loads(path.read_text())["masklet"][::4]
-    stack = np.concatenate([mask_utils.decode(f).transpose(2, 0, 1) for f in frames]).astype(bool)
+    stack = np.concatenate(sav_masklets(path, slice(None, None, 4))[0])
     return stack[stack.sum(axis=(1, 2)) >= 500]
 
 

@@ -9,8 +9,11 @@ with holes. Deterministic for a given ``torch.Generator``.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
+import numpy as np
 import torch
 
 
@@ -73,3 +76,18 @@ def sam2_like_batch(
         n = int(torch.randint(masks_per_image[0], masks_per_image[1] + 1, (1,), generator=g))
         out.append(sam2_like_masks(n, sizes[b][0], sizes[b][1], generator=g))
     return out
+
+
+def sav_masklets(path: str | os.PathLike, frames: slice = slice(None)) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """Real SAM 2 masks from an SA-V annotation file (Segment Anything Video, Meta, CC BY 4.0):
+    per selected frame, its masklets as ``bool (K, H, W)`` and their COCO RLEs (``None``
+    masklets skipped). Needs pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    with open(path) as handle:
+        selected = json.load(handle)["masklet"][frames]
+    rles = [[rle for rle in frame if rle is not None] for frame in selected]
+    dense = [
+        np.ascontiguousarray(mask_utils.decode(frame).transpose(2, 0, 1)).astype(bool) for frame in rles
+    ]
+    return dense, rles

@@ -48,3 +48,18 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA} (set OGKERNELS_SHARED_DATA)")
     return SHARED_DATA
+
+
+SAV_FILE = "sav_000001_auto.json"  # SA-V (Meta), CC BY 4.0
+
+
+@pytest.fixture(scope="session")
+def sav_frames(shared_data: pathlib.Path):
+    """The first 6 frames of SA-V ``sav_000001`` (Segment Anything Video, Meta, CC BY 4.0):
+    per frame ``bool (9, 848, 480)`` masklets and their COCO RLEs."""
+    path = shared_data / SAV_FILE
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
+    from ogkernels.synthetic import sav_masklets
+
+    return sav_masklets(path, slice(0, 6))

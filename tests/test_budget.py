@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import types
 
 import numpy as np

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -106,16 +105,9 @@ def test_pad_frame_matches_padded_copy():
     assert torch.equal(got, downsample_masks(padded, (7, 7), mode="patch"))
 
 
-def test_real_sam2_masks_flat_and_packed(shared_data):
-    import json
-
-    from pycocotools import mask as mask_utils
-
-    # SA-V annotations (Meta, CC BY 4.0): automatic masklets of video sav_000001
-    record = json.loads((shared_data / "sav_000001_auto.json").read_text())
-    frame = [rle for rle in record["masklet"][0] if rle is not None]
-    decoded = np.stack([mask_utils.decode(rle) for rle in frame]).astype(bool)
-    masks = torch.from_numpy(decoded)
+def test_real_sam2_masks_flat_and_packed(sav_frames):
+    dense, _ = sav_frames  # SA-V annotations (Meta, CC BY 4.0)
+    masks = torch.from_numpy(dense[0])
     for v in (576, 729):
         expected = reference_flat(masks, v)
         assert torch.equal(downsample_masks(masks, v), expected)

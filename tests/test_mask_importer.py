@@ -28,24 +28,17 @@ from ogkernels.masks import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 
-SAV_FILE = "sav_000001_auto.json"  # SA-V (Meta), CC BY 4.0
 NESTED_KEY = "coco/train2017/000000000009.jpg"
 VG_KEY = "vg/VG_100K/1.jpg"
 H, W = 848, 480
 
 
 @pytest.fixture(scope="module")
-def sav_masks(shared_data: Path) -> np.ndarray:
+def sav_masks(sav_frames) -> np.ndarray:
     """15 real masks ``bool (15, 848, 480)``: frames 0 and 1 of SA-V ``sav_000001`` (Meta,
     CC BY 4.0), all distinct."""
-    path = shared_data / SAV_FILE
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
-    from pycocotools import mask as mask_utils
-
-    frames = json.loads(path.read_text())["masklet"][:2]
-    stack = np.concatenate([mask_utils.decode(f).transpose(2, 0, 1) for f in frames]).astype(bool)
-    return np.ascontiguousarray(stack[:15])
+    dense, _ = sav_frames
+    return np.ascontiguousarray(np.concatenate(dense[:2])[:15])
 
 
 def _record(i: int) -> dict:

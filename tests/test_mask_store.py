@@ -29,33 +29,15 @@ from ogkernels.masks import (
 )
 from ogkernels.masks.format import SHARD_DIR, read_shard_header
 
+from .strategies import mask_stacks
 
-@st.composite
-def mask_stacks(draw, max_masks: int = 4, max_side: int = 23):
-    """One image's masks ``bool (N, H, W)``: odd sizes, N = 0, empty, full, sparse and dense."""
-    n = draw(st.integers(0, max_masks))
-    h, w = draw(st.integers(1, max_side)), draw(st.integers(1, max_side))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    densities = draw(st.lists(st.sampled_from([0.0, 0.01, 0.3, 0.7, 1.0]), min_size=n, max_size=n))
-    return torch.from_numpy(np.stack([rng.random((h, w)) < d for d in densities]) if n else np.zeros((0, h, w), bool))
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools + numpy 2
 
-SAV_FILE = "sav_000001_auto.json"  # SA-V (Meta), CC BY 4.0
-
-
 @pytest.fixture(scope="module")
-def sav(shared_data: Path) -> tuple[list[np.ndarray], list[list[dict]]]:
-    """The first 6 frames of SA-V ``sav_000001`` (Meta, CC BY 4.0): ``bool (9, 848, 480)`` each,
-    and their COCO RLEs."""
-    path = shared_data / SAV_FILE
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
-    from pycocotools import mask as mask_utils
-
-    frames = json.loads(path.read_text())["masklet"][:6]
-    dense = [np.ascontiguousarray(mask_utils.decode(f).transpose(2, 0, 1)).astype(bool) for f in frames]
-    return dense, frames
+def sav(sav_frames) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """SA-V ``sav_000001`` frames (Meta, CC BY 4.0): dense masks and their COCO RLEs."""
+    return sav_frames
 
 
 def _metadata(n: int, seed: int) -> MaskMetadata:
