@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ._host import upload
 from ._validation import check_choice, check_tensor, describe, fail
 from .varlen import VarlenBatch
 
@@ -169,7 +170,7 @@ def plan_packing(
                 fail(f"labels[{b}]", f"{lengths[b]} labels (the length of input_ids[{b}])", labels[b])
         label_flat = label_flat.to(device)
 
-    per_sample = torch.tensor(lengths, dtype=torch.int64, device=device)
+    per_sample = upload(lengths, torch.int64, device)
     sample_of = torch.repeat_interleave(torch.arange(batch, device=device), per_sample)
     is_placeholder = ids == image_token_id
     placeholders = torch.zeros(batch, dtype=torch.int64, device=device).index_add_(
@@ -391,7 +392,7 @@ def _check_image_lengths(image_lengths: Any, batch: int, device: torch.device) -
     elif isinstance(image_lengths, (list, tuple)) and all(
         isinstance(n, int) and not isinstance(n, bool) for n in image_lengths
     ):
-        out = torch.tensor(list(image_lengths), dtype=torch.int64, device=device)
+        out = upload(list(image_lengths), torch.int64, device)
     else:
         fail("image_lengths", "a sequence of ints or a 1-D integer tensor", image_lengths, error=TypeError)
     if out.numel() != batch:

@@ -17,6 +17,7 @@ from fractions import Fraction
 
 import torch
 
+from .._host import upload
 from ..packed_masks import PackedMasks
 from ..reference.phi import frame_window
 from .phi_torch import flat_counts, patch_counts
@@ -202,14 +203,11 @@ def _launch_phi(
     out = torch.empty(total, gh * gw, dtype=torch.bool, device=device)
     if total == 0:
         return out
-    # One host→device copy of the small tables (non-blocking from pinned memory on CUDA).
-    pin = device.type == "cuda"
     tables = [
-        torch.tensor(params, dtype=torch.int64),
-        torch.tensor(mask_image, dtype=torch.int32),
-        torch.tensor(mask_local, dtype=torch.int32),
+        upload(params, torch.int64, device),
+        upload(mask_image, torch.int32, device),
+        upload(mask_local, torch.int32, device),
     ]
-    tables = [t.pin_memory().to(device, non_blocking=True) if pin else t.to(device) for t in tables]
     first = images[0]
     if mode == "flat":
         bin_pixels = ceil_div(first.height * first.width, gh * gw) + 1

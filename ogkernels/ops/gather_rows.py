@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from .._dispatch import use_triton
+from .._host import upload
 from .._validation import fail
 
 MAX_TABLES = 4
@@ -138,7 +139,7 @@ def csr_by_source(table_index: torch.Tensor, row_index: torch.Tensor, sizes: Seq
     sorted stably by virtual source row (tables back to back) and ``row_ptr`` its CSR offsets.
     Sync-free: unused output rows sort to a sentinel past the last source."""
     device = table_index.device
-    starts = torch.tensor([0] + list(sizes), device=device, dtype=torch.int64).cumsum(0)
+    starts = upload([0] + list(sizes), torch.int64, device).cumsum(0)
     num_sources = int(sum(sizes))
     valid = table_index >= 0
     key = torch.where(valid, starts[table_index.clamp(min=0).long()] + row_index, num_sources)

@@ -15,6 +15,7 @@ import functools
 import numpy as np
 import torch
 
+from .._host import upload
 from ..packed_masks import PackedMasks
 
 LOW_16 = 0x00FF00FF00FF00FF
@@ -62,7 +63,7 @@ _TABLES: dict[tuple[bool, torch.device], torch.Tensor] = {}
 def prefix_bits(packed: bool, device: torch.device) -> torch.Tensor:
     key = (packed, device)
     if key not in _TABLES:
-        _TABLES[key] = torch.tensor(_prefix_bits(packed), dtype=torch.int64, device=device)
+        _TABLES[key] = upload(_prefix_bits(packed), torch.int64, device)
     return _TABLES[key]
 
 
@@ -144,9 +145,9 @@ def flat_counts(
     widths = (positions[:, 1:] >> words.shift) - first_word
     # parts are q or q+1 pixels long, so they span `narrow` or `narrow + 1` whole words
     narrow, wide = int(widths.min()), int(widths.max())
-    position = torch.from_numpy(positions).to(device)
-    first = torch.from_numpy(first_word.reshape(-1)).to(device)
-    extra = torch.from_numpy(widths.reshape(-1) > narrow).to(device) if wide > narrow else None
+    position = upload(positions, torch.int64, device)
+    first = upload(first_word.reshape(-1), torch.int64, device)
+    extra = upload(widths.reshape(-1) > narrow, torch.bool, device) if wide > narrow else None
     lanes = words.window_lanes(first, narrow, extra)
     before, pixel = words.split(position.reshape(-1))
     before = before.view(num_masks, bins + 1)
@@ -155,7 +156,7 @@ def flat_counts(
         counts += sum_byte_lanes(part)
     counts = counts.view(num_masks, bins)
     # adaptive bins overlap the next part by one pixel when (j+1)N/V is not an integer
-    counts += pixel.view(num_masks, bins + 1)[:, 1:] * torch.from_numpy(overlapped).to(device)
+    counts += pixel.view(num_masks, bins + 1)[:, 1:] * upload(overlapped, torch.int64, device)
     return counts
 
 

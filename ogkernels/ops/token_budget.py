@@ -99,6 +99,6 @@ def apply_budget(
         keep = keep & _fits(segment, order, image_of_mask, room)
         segment = segment * keep
     if budget.max_batch_tokens is not None:
-        room = torch.tensor(budget.max_batch_tokens - batch * global_rows, dtype=torch.int64, device=keep.device)
+        room = torch.full((), budget.max_batch_tokens - batch * global_rows, dtype=torch.int64, device=keep.device)
         keep = keep & _fits(segment, _priority_order(key, None), None, room)
     return keep

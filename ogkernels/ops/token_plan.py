@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._host import upload
 from ..varlen import BOM_ROW, GLOBAL_ROW, MASK_MEAN_ROW, PAD_ROW
 from .token_budget import TokenBudget, apply_budget
 
@@ -71,7 +72,7 @@ def _segment_sum(values: torch.Tensor, segment: torch.Tensor, num_segments: int)
 
 def _image_ids(counts: list[int], device: torch.device) -> torch.Tensor:
     """``[0]*counts[0] + [1]*counts[1] + …`` on ``device`` (sizes known on the host: no sync)."""
-    repeats = torch.tensor(counts, dtype=torch.int64, device=device)
+    repeats = upload(counts, torch.int64, device)
     return torch.repeat_interleave(torch.arange(len(counts), device=device), repeats, output_size=sum(counts))
 
 
@@ -97,7 +98,7 @@ def _with_fillers(
     covered = _segment_sum(bitmaps.to(torch.int32), image_of_mask, batch) > 0
     uncovered = ~covered
     new_counts = [n + 1 for n in counts]
-    ends = torch.tensor(new_counts, device=device, dtype=torch.int64).cumsum(0)
+    ends = upload(new_counts, torch.int64, device).cumsum(0)
     filler_pos = ends - 1
     raw_pos = torch.arange(bitmaps.shape[0], device=device) + image_of_mask
     candidates = torch.empty(sum(new_counts), num_tokens, dtype=torch.bool, device=device)
@@ -129,9 +130,7 @@ def plan_tokens(
     # The reference's branch order: an image with more masks than the limit is cut (and not
     # filled); the others are filled (and not cut).
     limit = layout.max_masks
-    limited = torch.tensor(
-        [limit is not None and n > limit for n in masks_per_image], dtype=torch.bool, device=device
-    )
+    limited = upload([limit is not None and n > limit for n in masks_per_image], torch.bool, device)
     if layout.image_filling:
         raw_image = image_of_mask
         candidates, present, image_of_mask = _with_fillers(
@@ -230,6 +229,6 @@ def placement_indices(plan: TokenPlan, buffer_rows: int) -> tuple[torch.Tensor, 
 def source_index(table_index: torch.Tensor, row_index: torch.Tensor) -> torch.Tensor:
     """``VarlenBatch.source_index`` from placement indices (patch rows keep ``b·V + v``)."""
     # indexed by table + 1; the patch entry is replaced by the row itself
-    codes = torch.tensor([PAD_ROW, 0, GLOBAL_ROW, BOM_ROW, MASK_MEAN_ROW], device=row_index.device)
+    codes = upload([PAD_ROW, 0, GLOBAL_ROW, BOM_ROW, MASK_MEAN_ROW], torch.int64, row_index.device)
     special = codes.index_select(0, (table_index.to(torch.int64) + 1).clamp(min=0))
     return torch.where(table_index == PATCH_TABLE, row_index, special)
