@@ -137,6 +137,46 @@ def _segment_config(name: str, dtype: str, element_size: int, width: int) -> Ker
     )
 
 
+def _token_plan_kernel():
+    from .kernels.token_plan import token_plan_kernel
+
+    return token_plan_kernel
+
+
+def _place_tokens_kernel():
+    from .kernels.token_plan import place_tokens_kernel
+
+    return place_tokens_kernel
+
+
+def _plan_configs(num_tokens: int) -> list[KernelConfig]:
+    block = min(1024, 1 << (num_tokens - 1).bit_length())
+    plan = KernelConfig(
+        f"token_plan V={num_tokens}",
+        _token_plan_kernel,
+        {
+            "bitmaps_ptr": "*u8", "mask_start_ptr": "*i64", "state_ptr": "*i8", "token_counts_ptr": "*i64",
+            "offsets_ptr": "*i64", "lengths_ptr": "*i64", "num_tokens": "i32", "global_rows": "i32",
+            "max_masks": "i64", "BOM": "constexpr", "AVERAGING": "constexpr", "BLOCK_V": "constexpr",
+        },
+        {"BOM": 1, "AVERAGING": False, "BLOCK_V": block},
+        ("bitmaps_ptr", "mask_start_ptr", "state_ptr", "token_counts_ptr", "offsets_ptr", "lengths_ptr"),
+    )  # fmt: skip
+    place = KernelConfig(
+        f"place_tokens V={num_tokens}",
+        _place_tokens_kernel,
+        {
+            "bitmaps_ptr": "*u8", "state_ptr": "*i8", "mask_image_ptr": "*i64", "offsets_ptr": "*i64",
+            "cu_seqlens_ptr": "*i32", "table_ptr": "*i32", "row_ptr": "*i64", "source_ptr": "*i64",
+            "num_masks": "i32", "num_tokens": "i32", "buffer_rows": "i32", "GLOBAL_VIEW": "constexpr",
+            "BOM": "constexpr", "AVERAGING": "constexpr", "BLOCK_V": "constexpr",
+        },
+        {"GLOBAL_VIEW": 1, "BOM": 1, "AVERAGING": False, "BLOCK_V": block},
+        ("bitmaps_ptr", "state_ptr", "mask_image_ptr", "offsets_ptr", "cu_seqlens_ptr", "table_ptr", "row_ptr", "source_ptr"),
+    )  # fmt: skip
+    return [plan, place]
+
+
 def kernel_configs() -> list[KernelConfig]:
     """The configurations the benchmarks run (LLaVA-1.5: V = 576, F = 1024, D = 4096)."""
     return [
@@ -149,6 +189,8 @@ def kernel_configs() -> list[KernelConfig]:
         _gather_config("gather_rows bf16 D=4096", "bf16", 2, 4096, 2),
         _segment_config("segment_sum fp32 F=1024", "fp32", 4, 1024),
         _segment_config("segment_sum bf16 D=4096", "bf16", 2, 4096),
+        *_plan_configs(576),
+        *_plan_configs(729),
     ]
 
 

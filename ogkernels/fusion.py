@@ -25,7 +25,7 @@ from ._validation import check_choice, fail
 from .checkpoints import CheckpointError, connector_state_dict, load_reference_checkpoint
 from .downsample import FRAMES, Grid
 from .ops.gather_rows import gather_rows
-from .ops.token_plan import GLOBAL_VIEWS, placement_indices, plan_tokens, source_index
+from .ops.token_plan import GLOBAL_VIEWS, placement_indices, plan_tokens
 from .packed_masks import PackedMasks
 from .tokens import (
     ImageMasks,
@@ -178,7 +178,7 @@ class OGFusion(nn.Module):
         rows, max_seqlen, gate_open = buffer_size(plan, max_tokens, counts, gate)
         if gate_open and not gate_open[0]:
             return self._plain(image_features, output)
-        table_index, row_index = placement_indices(plan, rows)
+        table_index, row_index, sources = placement_indices(plan, rows)
         bom = self.mm_bom_mask_token.to(image_features.dtype)
         if self._project_first(image_features, rows):
             values = self._project_then_gather(image_features, bom, plan, table_index, row_index)
@@ -187,7 +187,7 @@ class OGFusion(nn.Module):
             values = self.mm_projector(tokens)
             if rows > 0 and (max_tokens is not None or self.layout.budget is not None):
                 values = torch.where((table_index < 0)[:, None], 0, values)  # unused buffer rows
-        batch = VarlenBatch(values, plan.cu_seqlens, max_seqlen, source_index(table_index, row_index))
+        batch = VarlenBatch(values, plan.cu_seqlens, max_seqlen, sources)
         return self._as_output(batch, output)
 
     def _project_first(self, features: torch.Tensor, rows: int) -> bool:

@@ -11,7 +11,7 @@ from ._validation import check_choice, check_positive_int, describe, fail
 from .downsample import FRAMES, MODES, Grid, downsample_masks, parse_grid
 from .ops.gather_rows import gather_rows
 from .ops.token_budget import PRIORITIES, TokenBudget
-from .ops.token_plan import GLOBAL_VIEWS, Layout, TokenPlan, placement_indices, plan_tokens, source_index
+from .ops.token_plan import GLOBAL_VIEWS, Layout, TokenPlan, placement_indices, plan_tokens
 from .packed_masks import PackedMasks
 from .varlen import VarlenBatch
 
@@ -327,12 +327,12 @@ def og_tokens(
     scores = mask_score_vector(mask_scores, counts, layout, features.device)
     plan = plan_tokens(bitmaps, counts, layout, scores)
     rows, max_seqlen, _ = buffer_size(plan, max_tokens, counts)
-    table_index, row_index = placement_indices(plan, rows)
+    table_index, row_index, sources = placement_indices(plan, rows)
     return VarlenBatch(
         gather_rows(token_tables(features, bom_token, plan), table_index, row_index),
         plan.cu_seqlens,
         max_seqlen,
-        source_index(table_index, row_index),
+        sources,
     )
 
 

@@ -87,6 +87,39 @@ def test_gather_rows_kernel_forward_and_backward(triton_path, dtype):
         assert torch.allclose(g.double(), r.double(), rtol=2e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-6, atol=1e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-6)
 
 
+@settings(max_examples=25)
+@given(
+    images=st.lists(st.integers(0, 4), min_size=1, max_size=4),
+    v=st.sampled_from([1, 5, 16, 33]),
+    global_view=st.sampled_from(["mean", "full", "none"]),
+    bom=st.booleans(),
+    averaging=st.booleans(),
+    max_masks=st.sampled_from([None, 1, 2]),
+    density=st.sampled_from([0.0, 0.1, 0.5]),
+    seed=st.integers(0, 1000),
+)
+def test_token_plan_kernels_match_the_pytorch_plan(
+    monkeypatch, images, v, global_view, bom, averaging, max_masks, density, seed
+):
+    from ogkernels.ops.token_plan import Layout, placement_indices, plan_tokens
+
+    g = torch.Generator().manual_seed(seed)
+    bitmaps = torch.rand(sum(images), v, generator=g) < density
+    layout = Layout(global_view, bom, averaging, False, max_masks)
+    monkeypatch.delenv("OGKERNELS_FORCE_TRITON", raising=False)
+    expected = plan_tokens(bitmaps, images, layout)
+    want = placement_indices(expected, int(expected.cu_seqlens[-1]) + 3)
+    monkeypatch.setenv("OGKERNELS_FORCE_TRITON", "1")
+    got = plan_tokens(bitmaps, images, layout)
+    assert got.state is not None  # the Triton plan ran
+    for field in ("lengths", "cu_seqlens", "keep", "token_counts"):
+        assert torch.equal(getattr(got, field), getattr(expected, field)), field
+    kept = expected.keep
+    assert torch.equal(got.mask_offsets[kept], expected.mask_offsets[kept])
+    for ours, theirs in zip(placement_indices(got, int(expected.cu_seqlens[-1]) + 3), want):
+        assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("global_view", ["mean", "full", "none"])
 def test_og_tokens_triton_matches_reference(triton_path, global_view):
     torch.manual_seed(0)

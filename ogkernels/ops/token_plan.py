@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .._dispatch import use_triton
 from .._host import upload
 from ..varlen import BOM_ROW, GLOBAL_ROW, MASK_MEAN_ROW, PAD_ROW
 from .token_budget import TokenBudget, apply_budget
@@ -46,7 +48,7 @@ class TokenPlan:
     ``bitmaps (K, V)`` bool: candidate masks after cleaning (rows of dropped masks are
     meaningless); ``keep (K,)``; ``mask_image (K,)`` int64; ``token_counts (K,)`` int64 (0
     when dropped); ``mask_offsets (K,)`` int64: first row of each mask's segment;
-    ``lengths (B,)`` int64; ``cu_seqlens (B+1,)`` int32.
+    ``lengths (B,)`` int64; ``cu_seqlens (B+1,)`` int32; ``state (K,)`` int8 or None.
     """
 
     layout: Layout
@@ -58,6 +60,9 @@ class TokenPlan:
     mask_offsets: torch.Tensor
     lengths: torch.Tensor
     cu_seqlens: torch.Tensor
+    # Triton plans: per-mask state (0 dropped, 1 kept, 2 kept with every token); the bitmaps
+    # are then the raw ones (a lone empty mask is not filled in them)
+    state: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -125,6 +130,8 @@ def plan_tokens(
             ``priority="score"``.
     """
     device = bitmaps.device
+    if use_triton(device) and not layout.image_filling and layout.budget is None:
+        return _plan_tokens_triton(bitmaps, masks_per_image, layout)
     batch, num_tokens = len(masks_per_image), bitmaps.shape[1]
     image_of_mask = _image_ids(masks_per_image, device)
     # The reference's branch order: an image with more masks than the limit is cut (and not
@@ -182,12 +189,91 @@ def plan_tokens(
     )
 
 
-def placement_indices(plan: TokenPlan, buffer_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(table_index int32 (R,), row_index int64 (R,))`` for a buffer of ``R`` rows.
+def _plan_tokens_triton(bitmaps: torch.Tensor, masks_per_image: list[int], layout: Layout) -> TokenPlan:
+    """:func:`plan_tokens` in one Triton launch (plus a prefix sum over the images)."""
+    from ..kernels.token_plan import KEPT_ALL_TOKENS, token_plan_kernel
+
+    device = bitmaps.device
+    batch, (num_masks, num_tokens) = len(masks_per_image), bitmaps.shape
+    image_of_mask = _image_ids(masks_per_image, device)
+    starts = upload(np.cumsum([0] + list(masks_per_image)), torch.int64, device)
+    state = torch.zeros(num_masks, dtype=torch.int8, device=device)
+    token_counts = torch.zeros(num_masks, dtype=torch.int64, device=device)
+    offsets = torch.zeros(num_masks, dtype=torch.int64, device=device)
+    lengths = torch.zeros(batch, dtype=torch.int64, device=device)
+    if batch:
+        token_plan_kernel[(batch,)](
+            bitmaps.contiguous().view(torch.uint8),
+            starts,
+            state,
+            token_counts,
+            offsets,
+            lengths,
+            num_tokens,
+            layout.global_rows(num_tokens),
+            layout.max_masks if layout.max_masks is not None else 2**62,
+            BOM=int(layout.bom),
+            AVERAGING=layout.averaging,
+            BLOCK_V=min(1024, 1 << max(num_tokens - 1, 0).bit_length()),
+            num_warps=4,
+        )
+    cu_seqlens = torch.zeros(batch + 1, dtype=torch.int64, device=device)
+    torch.cumsum(lengths, 0, out=cu_seqlens[1:])
+    keep = state != 0
+    if layout.averaging and num_masks:  # the mask means read the filled-in bitmaps
+        bitmaps = bitmaps | (state == KEPT_ALL_TOKENS).unsqueeze(1)
+    mask_offsets = cu_seqlens.index_select(0, image_of_mask) + offsets
+    return TokenPlan(
+        layout, num_tokens, bitmaps, keep, image_of_mask, token_counts, mask_offsets, lengths,
+        cu_seqlens.to(torch.int32), state,
+    )  # fmt: skip
+
+
+GLOBAL_VIEW_CODES = {"none": 0, "mean": 1, "full": 2}
+
+
+def _placement_triton(plan: TokenPlan, buffer_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ..kernels.token_plan import place_tokens_kernel
+
+    device = plan.bitmaps.device
+    table_index = torch.full((buffer_rows,), -1, dtype=torch.int32, device=device)
+    row_index = torch.zeros(buffer_rows, dtype=torch.int64, device=device)
+    codes = torch.full((buffer_rows,), PAD_ROW, dtype=torch.int64, device=device)
+    num_masks, num_tokens = plan.bitmaps.shape
+    block = min(1024, 1 << max(num_tokens - 1, 0).bit_length())
+    programs = num_masks + plan.batch_size
+    if buffer_rows and programs:
+        place_tokens_kernel[(programs, (num_tokens + block - 1) // block)](
+            plan.bitmaps.contiguous().view(torch.uint8),
+            plan.state,
+            plan.mask_image,
+            plan.mask_offsets,
+            plan.cu_seqlens,
+            table_index,
+            row_index,
+            codes,
+            num_masks,
+            num_tokens,
+            buffer_rows,
+            GLOBAL_VIEW=GLOBAL_VIEW_CODES[plan.layout.global_view],
+            BOM=int(plan.layout.bom),
+            AVERAGING=plan.layout.averaging,
+            BLOCK_V=block,
+            num_warps=4,
+        )
+    return table_index, row_index, codes
+
+
+def placement_indices(plan: TokenPlan, buffer_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(table_index int32 (R,), row_index int64 (R,), source_index int64 (R,))`` for a
+    buffer of ``R`` rows: what :func:`gather_rows` copies where, and the
+    ``VarlenBatch.source_index`` codes.
 
     Entries are scattered sync-free; writes that fall outside the buffer (only possible when
     a caller's bound is too small) and unused entries go to a dummy slot that is cut off.
     """
+    if plan.state is not None:
+        return _placement_triton(plan, buffer_rows)
     device = plan.bitmaps.device
     layout, num_tokens = plan.layout, plan.num_tokens
     dummy = buffer_rows
@@ -223,7 +309,8 @@ def placement_indices(plan: TokenPlan, buffer_rows: int) -> tuple[torch.Tensor, 
             valid = plan.keep[:, None] & plan.bitmaps
             rows = plan.mask_image[:, None] * num_tokens + token
             place(positions, valid, PATCH_TABLE, rows)
-    return table_index[:buffer_rows], row_index[:buffer_rows]
+    table_index, row_index = table_index[:buffer_rows], row_index[:buffer_rows]
+    return table_index, row_index, source_index(table_index, row_index)
 
 
 def source_index(table_index: torch.Tensor, row_index: torch.Tensor) -> torch.Tensor:
