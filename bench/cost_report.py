@@ -34,7 +34,7 @@ from integration.train_llava import padding_cost
 from ogkernels import OGFusion, downsample_masks, og_tokens
 from ogkernels import costmodel as cm
 from ogkernels import reference as R
-from ogkernels.ops.token_plan import placement_indices, plan_tokens, source_index
+from ogkernels.ops.token_plan import placement_indices, plan_tokens
 from ogkernels.packed_masks import packed_row_bytes
 from ogkernels.tokens import make_layout
 
@@ -99,14 +99,13 @@ def reference_sync_range(batch: int, kept_masks: int) -> tuple[int, int]:
 
 
 def plan_traffic(bitmaps: torch.Tensor, counts: list[int], rows: int) -> Counted:
-    """Counted traffic of the token plan and placement indices (the same aten ops on every
-    device; the default layout of ``og_tokens``)."""
+    """Counted traffic of the PyTorch token plan and placement indices (the default layout of
+    ``og_tokens``): an upper bound of the CUDA path, whose two Triton kernels read the bitmaps
+    twice and write the same index rows."""
     layout = make_layout("mean", False, False, False, None)
 
     def plan():
-        built = plan_tokens(bitmaps, counts, layout)
-        table_index, row_index = placement_indices(built, rows)
-        return source_index(table_index, row_index)
+        return placement_indices(plan_tokens(bitmaps, counts, layout), rows)[2]
 
     return count(plan)[1]
 
