@@ -9,8 +9,8 @@ image at 336×336) and bf16 features, :func:`cost_record` returns:
 * ``og_tokens``: host syncs, aten ops (≈ kernel launches) and bytes, counted with
   :class:`ogkernels.costmodel.TrafficCounter` for the reference embedder
   (``reference.og_fusion_embed``; also without its Φ, which runs on the host in a CUDA run)
-  and for our PyTorch path; our CUDA path's design bytes (Φ kernel + the token plan's counted
-  aten traffic + global mean + ``gather_rows``); the minimum (masks + features read once,
+  and for our PyTorch path; our CUDA path's design bytes (Φ kernel + the two token-plan
+  kernels + global mean + ``gather_rows``); the minimum (masks + features read once,
   ``T × F`` written once); the reference's analytic sync count ``2B + 1 + (4…5)·M`` of
   ``reference-og-fusion.md`` §10 (``M`` = kept masks).
 * ``projector``: rows, FLOPs and bytes of the ``mlp2x_gelu`` projector at ``D = 4096`` —
@@ -34,9 +34,7 @@ from integration.train_llava import padding_cost
 from ogkernels import OGFusion, downsample_masks, og_tokens
 from ogkernels import costmodel as cm
 from ogkernels import reference as R
-from ogkernels.ops.token_plan import placement_indices, plan_tokens
 from ogkernels.packed_masks import packed_row_bytes
-from ogkernels.tokens import make_layout
 
 from .bench_downsample import run_reference
 from .workloads import ENCODERS, features, mask_batch, mask_bytes
@@ -98,18 +96,6 @@ def reference_sync_range(batch: int, kept_masks: int) -> tuple[int, int]:
     return 2 * batch + 1 + 4 * kept_masks, 2 * batch + 1 + 5 * kept_masks
 
 
-def plan_traffic(bitmaps: torch.Tensor, counts: list[int], rows: int) -> Counted:
-    """Counted traffic of the PyTorch token plan and placement indices (the default layout of
-    ``og_tokens``): an upper bound of the CUDA path, whose two Triton kernels read the bitmaps
-    twice and write the same index rows."""
-    layout = make_layout("mean", False, False, False, None)
-
-    def plan():
-        return placement_indices(plan_tokens(bitmaps, counts, layout), rows)[2]
-
-    return count(plan)[1]
-
-
 def ours_projector_rows(batch: int, num_tokens: int, width: int, tokens: int) -> tuple[int, bool]:
     """``(rows projected, project-then-gather?)`` as ``OGFusion`` decides for ``tokens`` rows."""
     module = OGFusion(width, LLM_DIM, device="meta")
@@ -144,7 +130,6 @@ def cost_record(
         bom = torch.randn(1, x.shape[2], generator=torch.Generator().manual_seed(1)).to(x.dtype)
     batch, num_tokens, width = x.shape
     e = x.element_size()
-    counts = [m.shape[0] for m in masks]
     stored = mask_bytes(masks)
     stored_packed = sum(m.shape[0] * packed_row_bytes(m.shape[1], m.shape[2]) for m in masks)
 
@@ -159,12 +144,11 @@ def cost_record(
     if lengths != embedding.lengths:
         raise RuntimeError(f"og_tokens lengths {lengths} differ from the reference's {embedding.lengths}")
     kept = sum(len(k) for k in embedding.kept_masks)
-    plan = plan_traffic(bitmaps, counts, tokens)
     features_bytes = x.numel() * e
     phi_min = cm.phi_bytes(stored, len(bitmaps), num_tokens)
     design = {
         "phi": phi_min,
-        "plan": plan.bytes,
+        "plan": cm.token_plan_bytes(len(bitmaps), num_tokens, batch, tokens),
         "mean": cm.mean_bytes(batch, num_tokens, width, e),
         "gather": cm.gather_bytes(tokens, width, e),
     }
@@ -200,7 +184,6 @@ def cost_record(
             "reference_syncs_spec": reference_sync_range(batch, kept),
             "ours_torch": ours.as_dict(),
             "ours_cuda_design_bytes": design,
-            "plan": plan.as_dict(),
         },
         "projector": {
             "reference": projector_cost(cm.projector_rows_reference(batch, longest), width, e),

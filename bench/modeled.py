@@ -7,7 +7,7 @@ latencies (``costmodel.ASSUMED_LAUNCH_S`` / ``ASSUMED_SYNC_S``).
 
 Ops (bf16 features, D = 4096):
 
-* ours — ``Φ`` (bool masks, and bit-packed), the token plan (its counted aten traffic), the
+* ours — ``Φ`` (bool masks, and bit-packed), the token plan (its two kernels' design bytes), the
   global mean, ``gather_rows`` of the features (``og_tokens``), the projector on our rows,
   with project-then-gather the copy of its input rows and the gather of projected rows,
   causal attention of the packed batch;
@@ -40,7 +40,7 @@ def modeled_ops(record: dict) -> list[dict]:
     batch, v, width = cfg["B"], cfg["V"], cfg["F"]
     phi = _op("Φ (bool masks)", "ours", record["phi"]["min_bytes_bool"])
     phi_packed = _op("Φ (bit-packed masks)", "ours", record["phi"]["min_bytes_packed"])
-    plan = _op("token plan (aten ops)", "ours", design["plan"])
+    plan = _op("token plan (2 kernels)", "ours", design["plan"])
     mean = _op("global mean", "ours", design["mean"], batch * v * width, "fp32")
     gather = _op("gather_rows T×F", "ours", design["gather"])
     og = _sum("og_tokens total", "ours", [phi, plan, mean, gather])

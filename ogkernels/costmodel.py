@@ -123,6 +123,15 @@ def gather_bytes(rows: int, width: int, element_size: int) -> int:
     return 2 * rows * width * element_size + rows * INDEX_BYTES_PER_ROW
 
 
+def token_plan_bytes(num_masks: int, num_tokens: int, batch: int, rows: int) -> int:
+    """Design bytes of the CUDA token plan (``kernels/token_plan.py``): the plan kernel reads
+    the ``M × V`` bitmaps and writes state, count and offset per mask (17 B) and one length per
+    image; the placement fills the ``R``-row index buffers (table 4 B, row 8 B, code 8 B), reads
+    the bitmaps and per-mask fields again and writes the same 20 B for every placed row."""
+    per_row = 4 + 8 + 8
+    return 2 * num_masks * num_tokens + 2 * 17 * num_masks + 8 * batch + 2 * per_row * rows
+
+
 def mean_bytes(batch: int, num_tokens: int, width: int, element_size: int) -> int:
     """Bytes of the global rows (``global_view="mean"``): ``(B, V, F)`` read, ``(B, F)`` written."""
     return (batch * num_tokens + batch) * width * element_size
@@ -273,6 +282,8 @@ class TrafficCounter(HostSyncCounter):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = super().__torch_dispatch__(func, types, args, kwargs)
+        if self._inside_launch:  # the Triton interpreter's own work
+            return out
         if func.overloadpacket is aten.lift_fresh:
             self.host_uploads[_call_site()] += 1
         read, written = op_traffic(func, args, kwargs or {}, out)
@@ -299,4 +310,5 @@ __all__ = [
     "register_limited_occupancy",
     "roofline_seconds",
     "tensor_bytes",
+    "token_plan_bytes",
 ]

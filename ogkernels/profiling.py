@@ -7,7 +7,8 @@ make the host wait for the device on a GPU: reading values back (``item``, ``boo
 device→host copies. On a CPU run it counts the same call sites, so the figure is the number of
 syncs the code would make on CUDA, whatever the machine (an upper bound: a host read of a
 tensor that already lives on the host is counted too). It also counts the aten operations
-that run (≈ kernel launches on a GPU, views excluded) and the Triton kernel launches.
+that run (≈ kernel launches on a GPU, views excluded) and the Triton kernel launches; the
+tensor work the Triton interpreter does inside a launch is not counted.
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def _triton_launchers() -> list[type]:
 def _counting(original, counter: "HostSyncCounter"):
     def run(fn, *args, **kwargs):
         counter.triton_launches += 1
-        return original(fn, *args, **kwargs)
+        counter._inside_launch += 1  # the interpreter's own tensor work is not device work
+        try:
+            return original(fn, *args, **kwargs)
+        finally:
+            counter._inside_launch -= 1
 
     return run
 
@@ -63,6 +68,7 @@ class HostSyncCounter(TorchDispatchMode):
         self.sync_ops: collections.Counter[str] = collections.Counter()
         self.ops = 0
         self.triton_launches = 0
+        self._inside_launch = 0
         self._patched: list[tuple[object, str, object]] = []
 
     @property
@@ -71,6 +77,8 @@ class HostSyncCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self._inside_launch:
+            return func(*args, **kwargs)
         packet = func.overloadpacket
         name = packet.__name__
         if func in _SYNC_OPS or packet in _SYNC_OPS:
@@ -97,11 +105,13 @@ class HostSyncCounter(TorchDispatchMode):
         original_tolist, original_numpy = torch.Tensor.tolist, torch.Tensor.numpy
 
         def tolist(tensor, *args, **kwargs):
-            counter.sync_ops["tolist"] += 1
+            if not counter._inside_launch:
+                counter.sync_ops["tolist"] += 1
             return original_tolist(tensor, *args, **kwargs)
 
         def numpy(tensor, *args, **kwargs):
-            counter.sync_ops["numpy"] += 1
+            if not counter._inside_launch:
+                counter.sync_ops["numpy"] += 1
             return original_numpy(tensor, *args, **kwargs)
 
         self._patch(torch.Tensor, "tolist", tolist)
