@@ -127,10 +127,19 @@ def test_og_tokens_triton_matches_reference(triton_path, global_view):
     bom = torch.randn(1, 16)
     masks = [torch.rand(3, 6, 7) < 0.3, torch.zeros(1, 5, 5, dtype=torch.bool)]
     flags = R.ReferenceFlags(global_view=global_view != "none", averaging_global_view=global_view == "mean")
-    ref = R.og_fusion_embed(features, masks, bom, flags)
-    out = og_tokens(features, masks, bom, global_view=global_view)
+    ref_x, our_x = features.clone().requires_grad_(True), features.clone().requires_grad_(True)
+    ref_b, our_b = bom.clone().requires_grad_(True), bom.clone().requires_grad_(True)
+    ref = R.og_fusion_embed(ref_x, masks, ref_b, flags)
+    out = og_tokens(our_x, masks, our_b, global_view=global_view)
     assert out.lengths.tolist() == ref.lengths
     assert torch.equal(out.to_padded(), ref.block)
+    # the backward's CSR segment-sum kernel against the reference's autograd (fp32: 1e-5)
+    weights = torch.randn(out.values.shape)
+    ref_loss = sum((seq * w).sum() for seq, w in zip(ref.sequences, torch.split(weights, ref.lengths)))
+    expected = torch.autograd.grad(ref_loss, [ref_x, ref_b])
+    got = torch.autograd.grad((out.values * weights).sum(), [our_x, our_b])
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, e, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
