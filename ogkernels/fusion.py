@@ -25,19 +25,17 @@ from ._validation import check_choice, fail
 from .checkpoints import CheckpointError, connector_state_dict, load_reference_checkpoint
 from .downsample import FRAMES, Grid
 from .ops.gather_rows import gather_rows
-from .ops.token_plan import GLOBAL_VIEWS, placement_indices, plan_tokens
+from .ops.token_plan import GLOBAL_VIEWS, placement_indices
 from .packed_masks import PackedMasks
 from .tokens import (
     ImageMasks,
     MaskOptions,
     as_mask_list,
     buffer_size,
-    check_budget,
     check_features,
     make_budget,
     make_layout,
-    mask_score_vector,
-    token_bitmaps,
+    plan_batch,
     token_tables,
 )
 from .varlen import PAD_ROW, VarlenBatch
@@ -169,11 +167,9 @@ class OGFusion(nn.Module):
             return self._plain(image_features, output)
         masks = as_mask_list(masks)
         check_features(image_features, masks, None)
-        batch, num_tokens, _ = image_features.shape
-        check_budget(self.layout, batch, num_tokens)
-        bitmaps, counts = token_bitmaps(masks, num_tokens, self.mask_options, image_features.device)
-        scores = mask_score_vector(mask_scores, counts, self.layout, image_features.device)
-        plan = plan_tokens(bitmaps, counts, self.layout, scores)
+        plan, counts = plan_batch(
+            masks, image_features.shape[1], self.layout, self.mask_options, mask_scores, image_features.device
+        )
         gate = [any_mask_set(masks).to(image_features.device)] if self.gate else []
         rows, max_seqlen, gate_open = buffer_size(plan, max_tokens, counts, gate)
         if gate_open and not gate_open[0]:

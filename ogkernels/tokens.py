@@ -176,11 +176,26 @@ def og_token_lengths(
     budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
     layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)
     options = MaskOptions(alpha, mode, frame, shape)
-    num_tokens = shape[0] * shape[1]
-    bitmaps, counts = token_bitmaps(masks, num_tokens, options, None)
-    check_budget(layout, len(counts), num_tokens)
+    check_choice("frame", frame, FRAMES)
+    if not isinstance(masks, (list, tuple)):
+        fail("masks", "a list with one entry per image", masks, error=TypeError)
+    plan, _ = plan_batch(masks, shape[0] * shape[1], layout, options, mask_scores, None)
+    return plan.lengths
+
+
+def plan_batch(
+    masks: Sequence[ImageMasks],
+    num_tokens: int,
+    layout: Layout,
+    options: MaskOptions,
+    mask_scores: Sequence[torch.Tensor | None] | None,
+    device: torch.device | None,
+) -> tuple[TokenPlan, list[int]]:
+    """Downsample, clean, cap and count a batch's masks: the plan and the masks per image."""
+    check_budget(layout, len(masks), num_tokens)
+    bitmaps, counts = token_bitmaps(masks, num_tokens, options, device)
     scores = mask_score_vector(mask_scores, counts, layout, bitmaps.device)
-    return plan_tokens(bitmaps, counts, layout, scores).lengths
+    return plan_tokens(bitmaps, counts, layout, scores), counts
 
 
 def as_mask_list(masks: object) -> object:
@@ -320,12 +335,8 @@ def og_tokens(
     budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
     layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)
     check_choice("frame", frame, FRAMES)
-    batch, num_tokens, width = features.shape
-    check_budget(layout, batch, num_tokens)
     options = MaskOptions(alpha, mode, frame, grid)
-    bitmaps, counts = token_bitmaps(masks, num_tokens, options, features.device)
-    scores = mask_score_vector(mask_scores, counts, layout, features.device)
-    plan = plan_tokens(bitmaps, counts, layout, scores)
+    plan, counts = plan_batch(masks, features.shape[1], layout, options, mask_scores, features.device)
     rows, max_seqlen, _ = buffer_size(plan, max_tokens, counts)
     table_index, row_index, sources = placement_indices(plan, rows)
     return VarlenBatch(
