@@ -83,6 +83,25 @@ def test_batch_of_images_is_the_concatenation(images, v):
     assert torch.equal(downsample_masks(mixed, v), expected)
 
 
+@pytest.mark.parametrize("shape, bins", [((300, 400), 9), ((333, 517), 7), ((64, 64), 1), ((5, 7), 100)])
+@pytest.mark.parametrize("density", [0.3, 1.0])
+def test_flat_counts_are_exact_for_long_bins_and_full_masks(shape, bins, density):
+    # bins of up to 20,000 px: several byte-lane chunks per part; full masks fill every lane
+    from ogkernels.ops.phi_torch import flat_counts
+
+    torch.manual_seed(0)
+    masks = torch.rand(2, *shape) < density
+    n_pixels = shape[0] * shape[1]
+    flat = masks.reshape(2, n_pixels).to(torch.int64)
+    expected = torch.tensor(
+        [[int(row[R.adaptive_bin(j, n_pixels, bins)[0] : R.adaptive_bin(j, n_pixels, bins)[1]].sum()) for j in range(bins)] for row in flat]
+    )
+    dense = flat_counts(masks.reshape(-1).view(torch.uint8), False, 2, n_pixels, n_pixels, bins)
+    packed = PackedMasks.from_dense(masks)
+    bits = flat_counts(packed.bits.reshape(-1), True, 2, 8 * packed.bits.shape[1], n_pixels, bins)
+    assert torch.equal(dense, expected) and torch.equal(bits, expected)
+
+
 def test_spatial_meaning_of_patch_mode():
     # A tall bar: flat mode selects ~V·rows/H tokens, patch mode one column of cells.
     mask = torch.zeros(1, 480, 640, dtype=torch.bool)

@@ -20,7 +20,7 @@ import torch
 from .._host import upload
 from ..packed_masks import PackedMasks
 from ..reference.phi import frame_window
-from .phi_torch import flat_counts, patch_counts
+from .phi_torch import flat_counts, flat_thresholds, patch_counts
 
 
 
@@ -84,12 +84,6 @@ def bin_geometry(
     )
 
 
-def adaptive_bounds(size: int, bins: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Starts and ends of PyTorch's adaptive pooling bins, int64 ``(bins,)`` each."""
-    idx = torch.arange(bins, device=device, dtype=torch.int64)
-    return (idx * size) // bins, ((idx + 1) * size + bins - 1) // bins
-
-
 # ----------------------------------------------------------------------------------------------
 # PyTorch path
 # ----------------------------------------------------------------------------------------------
@@ -111,11 +105,10 @@ def downsample_torch(
             n_pixels = image.height * image.width
             slots = 8 * image.data.shape[1] if image.packed else n_pixels
             counts = flat_counts(image.byte_view(), image.packed, image.num_masks, slots, n_pixels, bins)
-            starts, ends = adaptive_bounds(n_pixels, bins, device)
-            threshold = torch.where(
-                ends - starts == geometry.area_lo, geometry.threshold_lo, geometry.threshold_hi
+            thresholds = flat_thresholds(
+                n_pixels, bins, geometry.area_lo, min(geometry.threshold_lo, 2**62), min(geometry.threshold_hi, 2**62)
             )
-            outputs.append(counts >= threshold)
+            outputs.append(counts >= upload(thresholds, torch.int64, device))
         else:
             window = (geometry.top, geometry.left, geometry.window_h, geometry.window_w)
             counts = patch_counts(image.data, image.packed, image.height, image.width, grid, window)

@@ -74,7 +74,9 @@ class WordStream:
     def __init__(self, stream: torch.Tensor, packed: bool):
         self.packed = packed
         self.shift = 6 if packed else 3  # log2(pixels per word)
-        self.lane_cap = 31 if packed else 255  # words per lane sum without overflow
+        # words per lane sum, leaving room for two more words' lanes (the part's extra word and
+        # its end word) without overflowing a byte lane: 8 px per lane per word if packed
+        self.lane_cap = 29 if packed else 253
         if stream.numel() % 8 or stream.data_ptr() % 8:
             padded = torch.zeros((stream.numel() + 7) // 8 * 8, dtype=torch.uint8, device=stream.device)
             padded[: stream.numel()] = stream
@@ -99,20 +101,19 @@ class WordStream:
                 sums.append(more)
         return sums
 
-    def split(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For each pixel ``position``: the pixels of its word before it, the pixel itself
-        (0/1), from one gather of the words."""
+    def split(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each pixel ``position``: the byte lanes of the pixels of its word that come
+        before it, and the pixel itself (0/1) — from one gather of the words."""
         word = (position >> self.shift).clamp(max=self.words.numel() - 1)
         offset = position & ((1 << self.shift) - 1)
         words = self.words.index_select(0, word)
         below = words & self.bits.index_select(0, offset)
         if self.packed:
             bit = ((offset >> 3) << 3) + 7 - (offset & 7)
-            before = sum_byte_lanes(byte_popcounts(below))
+            below = byte_popcounts(below)
         else:
             bit = offset << 3
-            before = sum_byte_lanes(below)
-        return before, (words >> bit) & 1
+        return below, (words >> bit) & 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -122,6 +123,14 @@ def _cuts(n_pixels: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
     cuts = (j * n_pixels) // bins
     ends = -((-(j[:-1] + 1) * n_pixels) // bins)
     return cuts, ends > cuts[1:]
+
+
+@functools.lru_cache(maxsize=256)
+def flat_thresholds(n_pixels: int, bins: int, area_lo: int, threshold_lo: int, threshold_hi: int) -> np.ndarray:
+    """Per-bin count thresholds ``(V,)``: bins of ``area_lo`` pixels use ``threshold_lo``."""
+    j = np.arange(bins, dtype=np.int64)
+    lengths = -((-(j + 1) * n_pixels) // bins) - (j * n_pixels) // bins
+    return np.where(lengths == area_lo, threshold_lo, threshold_hi).astype(np.int64)
 
 
 def flat_counts(
@@ -149,10 +158,18 @@ def flat_counts(
     first = upload(first_word.reshape(-1), torch.int64, device)
     extra = upload(widths.reshape(-1) > narrow, torch.bool, device) if wide > narrow else None
     lanes = words.window_lanes(first, narrow, extra)
-    before, pixel = words.split(position.reshape(-1))
-    before = before.view(num_masks, bins + 1)
-    counts = (before[:, 1:] - before[:, :-1]).reshape(-1)
-    for part in lanes:
+    below, pixel = words.split(position.reshape(-1))
+    below = below.view(num_masks, bins + 1)
+    # The first window chunk holds the part's first word, so after removing that word's pixels
+    # before the start every byte lane of the sum is still in [0, 255] (the int64 arithmetic is
+    # exact): one lane sum then counts the whole part.
+    ends = (below[:, 1:] - below[:, :-1]).reshape(-1)
+    if lanes:
+        lanes[0] += ends
+    else:
+        lanes = [ends]
+    counts = sum_byte_lanes(lanes[0])
+    for part in lanes[1:]:
         counts += sum_byte_lanes(part)
     counts = counts.view(num_masks, bins)
     # adaptive bins overlap the next part by one pixel when (j+1)N/V is not an integer
