@@ -1,4 +1,4 @@
-"""Phi_alpha launchers: the Triton kernel and the vectorised PyTorch path.
+"""Phi_alpha launchers: the Triton kernel and the vectorised PyTorch path (``phi_torch``).
 
 Both take a list of :class:`MaskImage` (already validated) and return the ``(M, V)`` bool
 bitmaps. Bin rule (exact integers, no floats):
@@ -22,6 +22,8 @@ from ..packed_masks import PackedMasks
 from ..reference.phi import frame_window
 from .phi_torch import flat_counts, flat_thresholds, patch_counts
 
+# Thresholds above any possible count (alpha large) are capped to stay int64.
+NEVER = 2**62
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,10 @@ def bin_geometry(
         n_pixels, bins = image.height * image.width, gh * gw
         ratio = Fraction(alpha)
         area_lo = ceil_div(n_pixels, bins)
-        thresholds = [math.ceil(ratio * area * bins / n_pixels) for area in (area_lo, area_lo + 1)]
+        thresholds = [min(math.ceil(ratio * area * bins / n_pixels), NEVER) for area in (area_lo, area_lo + 1)]
         return BinGeometry(1, n_pixels, 0, 0, 1, n_pixels, area_lo, *thresholds)
     top, left, window_h, window_w = frame_window(image.height, image.width, frame)
-    threshold = math.ceil(Fraction(alpha))
+    threshold = min(math.ceil(Fraction(alpha)), NEVER)
     return BinGeometry(
         image.height, image.width, top, left, window_h, window_w, 0, threshold, threshold
     )
@@ -105,9 +107,7 @@ def downsample_torch(
             n_pixels = image.height * image.width
             slots = 8 * image.data.shape[1] if image.packed else n_pixels
             counts = flat_counts(image.byte_view(), image.packed, image.num_masks, slots, n_pixels, bins)
-            thresholds = flat_thresholds(
-                n_pixels, bins, geometry.area_lo, min(geometry.threshold_lo, 2**62), min(geometry.threshold_hi, 2**62)
-            )
+            thresholds = flat_thresholds(n_pixels, bins, geometry.area_lo, geometry.threshold_lo, geometry.threshold_hi)
             outputs.append(counts >= upload(thresholds, torch.int64, device))
         else:
             window = (geometry.top, geometry.left, geometry.window_h, geometry.window_w)
@@ -124,8 +124,8 @@ def downsample_torch(
 
 
 def _word_aligned(image: MaskImage) -> torch.Tensor:
-    """The image's bytes, 4-byte aligned; a padded copy only if the tensor is misaligned or
-    its last word would be partial at an unaligned end."""
+    """The image's bytes, 4-byte aligned (a padded copy only for a misaligned view). A last,
+    partial word is read whole: an aligned 4-byte load never crosses a page or allocation."""
     stream = image.byte_view()
     if stream.data_ptr() % 4 == 0:
         return stream
@@ -187,8 +187,8 @@ def _launch_phi(
         row[kernel.FIELD_WIN_W] = geometry.window_w
         row[kernel.FIELD_SLOTS_PER_MASK] = slots
         row[kernel.FIELD_AREA_LO] = geometry.area_lo
-        row[kernel.FIELD_THR_LO] = min(geometry.threshold_lo, 1 << 62)
-        row[kernel.FIELD_THR_HI] = min(geometry.threshold_hi, 1 << 62)
+        row[kernel.FIELD_THR_LO] = geometry.threshold_lo
+        row[kernel.FIELD_THR_HI] = geometry.threshold_hi
         params.append(row)
         mask_image += [i] * image.num_masks
         mask_local += list(range(image.num_masks))
