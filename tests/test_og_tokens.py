@@ -62,13 +62,18 @@ def batches(draw, max_batch=3):
     return batch, v, width, masks, seed
 
 
+def inputs(data, dtype):
+    """Seeded features ``(B, V, F)``, BOM ``(1, F)`` in ``dtype``, and the generator."""
+    batch, v, width, _, seed = data
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, v, width, generator=g).to(dtype)
+    return features, torch.randn(1, width, generator=g).to(dtype), g
+
+
 @settings(max_examples=250)
 @given(data=batches(), opts=options, dtype=st.sampled_from(DTYPES))
 def test_values_and_lengths_match_reference(data, opts, dtype):
-    batch, v, width, masks, seed = data
-    g = torch.Generator().manual_seed(seed)
-    features = torch.randn(batch, v, width, generator=g).to(dtype)
-    bom = torch.randn(1, width, generator=g).to(dtype)
+    masks, v, (features, bom, _) = data[3], data[1], inputs(data, dtype)
     ref = R.og_fusion_embed(features, masks, bom, flags_for(**opts))
     out = og_tokens(features, masks, bom, **opts)
     assert out.lengths.tolist() == ref.lengths
@@ -87,10 +92,7 @@ def test_values_and_lengths_match_reference(data, opts, dtype):
 @settings(max_examples=60)
 @given(data=batches(), opts=options, dtype=st.sampled_from(DTYPES))
 def test_gradients_match_reference_autograd(data, opts, dtype):
-    batch, v, width, masks, seed = data
-    g = torch.Generator().manual_seed(seed)
-    features = torch.randn(batch, v, width, generator=g).to(dtype)
-    bom = torch.randn(1, width, generator=g).to(dtype)
+    masks, (features, bom, g) = data[3], inputs(data, dtype)
     ref_x = features.clone().requires_grad_(True)
     ref_b = bom.clone().requires_grad_(True)
     our_x = features.clone().requires_grad_(True)
