@@ -38,7 +38,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "ogkernels-budget=ogkernels.budget_cli:main",
+            "ogkernels-budget=ogkernels.tools.budget_cli:main",
             "ogkernels-masks=ogkernels.masks.__main__:main",
         ],
     },

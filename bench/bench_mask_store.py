@@ -46,7 +46,7 @@ def _sav_masks() -> np.ndarray:
     path = SHARED / SAV_FILE
     if not path.is_file():
         pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
-    from ogkernels.synthetic import sav_masklets
+    from ogkernels.tools.synthetic import sav_masklets
 
     stack = np.concatenate(sav_masklets(path, slice(None, None, 4))[0])
     return stack[stack.sum(axis=(1, 2)) >= 500]

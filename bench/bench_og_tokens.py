@@ -16,7 +16,7 @@ import torch
 
 from ogkernels import downsample_masks, og_tokens
 from ogkernels import reference as R
-from ogkernels.profiling import HostSyncCounter
+from ogkernels.tools.profiling import HostSyncCounter
 
 from .workloads import features, mask_batch, mask_bytes
 

@@ -45,7 +45,7 @@ from ogkernels.integrations.hf_llava import (  # noqa: E402
 )
 from ogkernels.integrations.llava_collator import OGLlavaCollator  # noqa: E402
 from ogkernels.packing import plan_packing  # noqa: E402
-from ogkernels.profiling import HostSyncCounter  # noqa: E402
+from ogkernels.tools.profiling import HostSyncCounter  # noqa: E402
 
 from .workloads import mask_batch  # noqa: E402
 

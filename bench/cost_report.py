@@ -7,7 +7,7 @@ image at 336×336) and bf16 features, :func:`cost_record` returns:
   once; also the Triton kernel's design traffic) and the counted traffic / aten ops of the
   reference (one CPU call per mask) and of our PyTorch path.
 * ``og_tokens``: host syncs, aten ops (≈ kernel launches) and bytes, counted with
-  :class:`ogkernels.costmodel.TrafficCounter` for the reference embedder
+  :class:`ogkernels.tools.costmodel.TrafficCounter` for the reference embedder
   (``reference.og_fusion_embed``; also without its Φ, which runs on the host in a CUDA run)
   and for our PyTorch path; our CUDA path's design bytes (Φ kernel + the two token-plan
   kernels + global mean + ``gather_rows``); the minimum (masks + features read once,
@@ -32,7 +32,7 @@ import torch
 
 from integration.train_llava import padding_cost
 from ogkernels import OGFusion, downsample_masks, og_tokens
-from ogkernels import costmodel as cm
+from ogkernels.tools import costmodel as cm
 from ogkernels import reference as R
 from ogkernels.packed_masks import packed_row_bytes
 
@@ -48,7 +48,7 @@ DTYPE = torch.bfloat16
 
 @dataclasses.dataclass
 class Counted:
-    """What a :class:`~ogkernels.costmodel.TrafficCounter` saw: host syncs (by op), aten ops,
+    """What a :class:`~ogkernels.tools.costmodel.TrafficCounter` saw: host syncs (by op), aten ops,
     Triton launches, bytes read and written, tensors made from host data (uploads on CUDA)."""
 
     syncs: int

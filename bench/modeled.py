@@ -1,7 +1,7 @@
 """Modeled GPU time per op from a cost record (``bench.cost_report``): MODELED, not measured.
 
 Each op gets ``roofline_seconds = max(bytes / HBM bandwidth, FLOPs / peak)`` on every GPU of
-``ogkernels.costmodel.GPUS`` (datasheet figures), and each implementation a host-side
+``ogkernels.tools.costmodel.GPUS`` (datasheet figures), and each implementation a host-side
 ``overhead_seconds`` floor from its kernel launches and host syncs at assumed per-event
 latencies (``costmodel.ASSUMED_LAUNCH_S`` / ``ASSUMED_SYNC_S``).
 
@@ -19,7 +19,7 @@ Ops (bf16 features, D = 4096):
 
 from __future__ import annotations
 
-from ogkernels import costmodel as cm
+from ogkernels.tools import costmodel as cm
 
 
 def _op(name: str, who: str, bytes_moved: int, flops: int = 0, dtype: str = "bf16") -> dict:

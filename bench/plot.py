@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ogkernels import costmodel as cm
+from ogkernels.tools import costmodel as cm
 
 GOAL_SPEEDUP = 10.0
 

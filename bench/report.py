@@ -6,7 +6,7 @@
    vs the minimum, projector FLOPs, LLM tokens and attention FLOPs, for LLaVA-1.5 and SigLIP
    at B = 8, 16, 32; our Triton path's syncs and launches counted under the interpreter on
    tiny batches (``bench.triton_counts``).
-3. The static GPU audit (``ogkernels.audit``: registers, spills, access widths; plus the
+3. The static GPU audit (``ogkernels.tools.audit``: registers, spills, access widths; plus the
    register-limited occupancy).
 4. Modeled GPU time per op on A100 / H100 / H200 (``bench.modeled``) — modeled, not measured.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ogkernels import costmodel
+from ogkernels.tools import costmodel
 
 from . import cost_report, modeled, plot, static_audit, tables, timings, triton_counts
 from .conftest import memcpy_gbps

@@ -6,7 +6,7 @@ Units are in the column headers: ms / µs (time), MB (1e6 bytes), TFLOP (1e12 FL
 
 from __future__ import annotations
 
-from ogkernels import costmodel as cm
+from ogkernels.tools import costmodel as cm
 
 
 def markdown(headers: list[str], rows: list[list]) -> str:

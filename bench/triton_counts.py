@@ -47,8 +47,8 @@ def count_cases() -> list[dict]:
 
     from ogkernels import OGFusion, og_tokens
     from ogkernels._dispatch import use_triton
-    from ogkernels.costmodel import TrafficCounter
-    from ogkernels.synthetic import sam2_like_batch
+    from ogkernels.tools.costmodel import TrafficCounter
+    from ogkernels.tools.synthetic import sam2_like_batch
 
     if not use_triton(torch.device("cpu")):
         raise RuntimeError("run with TRITON_INTERPRET=1 OGKERNELS_FORCE_TRITON=1 (see run_subprocess)")

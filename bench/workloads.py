@@ -1,7 +1,7 @@
 """Named benchmark workloads (cached per session).
 
 LLaVA-1.5: CLIP ViT-L/14 at 336², V = 576 (24×24), F = 1024, Llama-3.1-8B D = 4096.
-SigLIP at 384²: V = 729 (27×27), F = 1152. Masks: SAM2-like (``ogkernels.synthetic``), 20–60
+SigLIP at 384²: V = 729 (27×27), F = 1152. Masks: SAM2-like (``ogkernels.tools.synthetic``), 20–60
 per image, at original photo resolution (480×640) or at the processed 336×336.
 """
 
@@ -12,7 +12,7 @@ import functools
 import torch
 
 from ogkernels import PackedMasks
-from ogkernels.synthetic import sam2_like_batch
+from ogkernels.tools.synthetic import sam2_like_batch
 
 ENCODERS = {"llava-1.5": (576, 1024), "siglip-384": (729, 1152)}
 

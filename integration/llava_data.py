@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ogkernels.integrations.llava_collator import tokenize_caption, tokenize_conversation
 from ogkernels.packing import IGNORE_INDEX
-from ogkernels.synthetic import sam2_like_masks
+from ogkernels.tools.synthetic import sam2_like_masks
 
 COLOURS = {
     "red": (0.9, 0.1, 0.1),

@@ -3,6 +3,7 @@
 Public API:
     downsample_masks   Phi_alpha: SAM2 masks → token-grid bitmaps (flat / patch modes)
     og_tokens          object-guided token sequences packed into one VarlenBatch
+    OGTokenOptions     every option of og_tokens / OGFusion in one frozen, serialisable object
     OGFusion           the drop-in OG-Fusion connector (nn.Module), varlen or padded output
     VarlenBatch        packed variable-length sequences (values, cu_seqlens, max_seqlen)
     PackedMasks        bit-packed masks (numpy.packbits layout)
@@ -19,6 +20,7 @@ from . import budget, masks, reference
 from .downsample import downsample_masks
 from .fusion import OGFusion, PaddedTokens
 from .masks import MaskStore, MaskStoreWriter
+from .options import OGTokenOptions
 from .packed_masks import PackedMasks
 from .packing import PackedBatch, pack_multimodal
 from .tokens import og_tokens
@@ -28,6 +30,7 @@ __all__ = [
     "MaskStore",
     "MaskStoreWriter",
     "OGFusion",
+    "OGTokenOptions",
     "PackedBatch",
     "PackedMasks",
     "PaddedTokens",

@@ -50,14 +50,6 @@ def check_device(argument: str, value: torch.Tensor, device: torch.device, what:
         fail(argument, f"a tensor on {device} (the device of {what})", value)
 
 
-def check_positive_number(argument: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail(argument, "a positive real number", value, error=TypeError)
-    if not value > 0 or value != value or value == float("inf"):
-        fail(argument, "a finite number > 0", value)
-    return float(value)
-
-
 def check_choice(argument: str, value: Any, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if value not in choices:

@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence, Union
 
 import torch
 
 from ._dispatch import use_triton
-from ._validation import check_choice, check_positive_number, describe, fail
+from ._validation import check_choice, describe, fail
 from .ops.downsample import MaskImage, downsample_torch, downsample_triton
+from .ops.frames import FRAMES
+from .options import MODES, check_alpha, parse_grid
 from .packed_masks import PackedMasks
 
 MaskItem = Union[torch.Tensor, PackedMasks]
 MaskInput = Union[MaskItem, Sequence[MaskItem]]
 Grid = Union[int, Sequence[int]]
-
-MODES = ("flat", "patch")
-FRAMES = ("none", "pad", "crop")
-
-
-def parse_grid(grid: Grid, mode: str, argument: str = "grid") -> tuple[int, int]:
-    """``V`` or ``(gh, gw)`` → ``(gh, gw)``; a bare ``V`` in patch mode must be a square."""
-    if isinstance(grid, bool):
-        fail(argument, "an int V >= 1 or a pair (gh, gw)", grid, error=TypeError)
-    if isinstance(grid, int):
-        if grid < 1:
-            fail(argument, "V >= 1", grid)
-        if mode == "flat":
-            return 1, grid
-        side = math.isqrt(grid)
-        if side * side != grid:
-            fail(argument, "a square token count V = g·g for mode='patch', or a pair (gh, gw)", grid)
-        return side, side
-    if (
-        isinstance(grid, (tuple, list, torch.Size))
-        and len(grid) == 2
-        and all(isinstance(g, int) and not isinstance(g, bool) for g in grid)
-    ):
-        if grid[0] < 1 or grid[1] < 1:
-            fail(argument, "gh >= 1 and gw >= 1", tuple(grid))
-        return int(grid[0]), int(grid[1])
-    fail(argument, "an int V >= 1 or a pair of ints (gh, gw)", grid, error=TypeError)
-
 
 def _as_mask_image(argument: str, item: object) -> MaskImage:
     if isinstance(item, PackedMasks):
@@ -112,7 +85,7 @@ def downsample_masks(
     check_choice("frame", frame, FRAMES)
     if mode == "flat" and frame != "none":
         fail("frame", "'none' with mode='flat' (frames apply to mode='patch')", frame)
-    alpha = check_positive_number("alpha", alpha)
+    alpha = check_alpha(alpha)
     shape = parse_grid(grid, mode)
     images = collect_mask_images(masks)
     if not images:

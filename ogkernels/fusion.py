@@ -16,30 +16,28 @@ are deterministic segment sums either way.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from ._validation import check_choice, fail
 from .checkpoints import CheckpointError, connector_state_dict, load_reference_checkpoint
-from .downsample import FRAMES, Grid
 from .ops.gather_rows import gather_rows
-from .ops.token_plan import GLOBAL_VIEWS, placement_indices
+from .ops.token_plan import placement_indices
+from .options import OGTokenOptions, check_bool
 from .packed_masks import PackedMasks
 from .tokens import (
     ImageMasks,
-    MaskOptions,
     as_mask_list,
     buffer_size,
     check_features,
-    make_budget,
-    make_layout,
     plan_batch,
     token_tables,
 )
 from .varlen import PAD_ROW, VarlenBatch
 
+DEFAULT_OPTIONS = OGTokenOptions()
 PROJECTION_ORDERS = ("auto", "project_first", "gather_first")
 OUTPUTS = ("varlen", "padded")
 
@@ -71,12 +69,10 @@ class OGFusion(nn.Module):
     Args:
         vision_dim: patch feature width ``F`` (1024 for CLIP ViT-L/14).
         llm_dim: LLM hidden size ``D`` (4096 for Llama-3.1-8B).
-        global_view, no_masktoken, image_filling, averaging, max_masks: the layout options of
-            :func:`ogkernels.og_tokens` (defaults: the reference's hard-coded defaults).
-        max_image_tokens, max_batch_tokens, drop_priority: token caps (see ``og_tokens``);
-            a capped connector sizes its output without a host sync (with ``gate=False``).
-        alpha, mode, frame, grid: mask downsampling (``mode="patch"`` with ``frame="pad"``
-            is the spatially aligned operator; the default is the reference's).
+        options: an :class:`~ogkernels.OGTokenOptions` (layout, cleaning, downsampling,
+            token caps; default: the reference's hard-coded behaviour);
+            ``option_overrides``: its fields as keywords, applied on top. A capped connector
+            sizes its output without a host sync.
         gate: the reference's batch gate — a batch with no non-zero mask takes the plain
             LLaVA path (``MLP(X)``, ``V`` tokens per image).
         projection: ``"auto"`` (fewer projected rows wins), ``"project_first"`` or
@@ -87,35 +83,21 @@ class OGFusion(nn.Module):
         self,
         vision_dim: int = 1024,
         llm_dim: int = 4096,
+        options: OGTokenOptions | None = None,
         *,
-        global_view: str = "mean",
-        no_masktoken: bool = False,
-        image_filling: bool = False,
-        averaging: bool = False,
-        max_masks: int | None = None,
-        max_image_tokens: int | None = None,
-        max_batch_tokens: int | None = None,
-        drop_priority: str = "order",
-        alpha: float = 0.5,
-        mode: str = "flat",
-        frame: str = "none",
-        grid: Grid | None = None,
         gate: bool = True,
         projection: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **option_overrides: Any,
     ):
         super().__init__()
         for name, value in (("vision_dim", vision_dim), ("llm_dim", llm_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(name, "an int >= 1", value)
-        check_choice("global_view", global_view, GLOBAL_VIEWS)
-        check_choice("frame", frame, FRAMES)
         check_choice("projection", projection, PROJECTION_ORDERS)
-        budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
-        self.layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)
-        self.mask_options = MaskOptions(alpha, mode, frame, grid)
-        self.gate = gate
+        self.options = OGTokenOptions.resolve(options, **option_overrides)
+        self.gate = check_bool("gate", gate)
         self.projection = projection
         factory = {"device": device, "dtype": dtype}
         self.mm_projector = nn.Sequential(
@@ -134,11 +116,16 @@ class OGFusion(nn.Module):
         return self.mm_projector[2].out_features
 
     def extra_repr(self) -> str:
-        layout = self.layout
+        changed = {k: v for k, v in self.options.to_dict().items() if v != getattr(DEFAULT_OPTIONS, k)}
+        changed = "".join(f", {k}={v!r}" for k, v in sorted(changed.items()))
         return (
-            f"vision_dim={self.vision_dim}, llm_dim={self.llm_dim}, global_view={layout.global_view!r}, "
-            f"bom={layout.bom}, mode={self.mask_options.mode!r}, gate={self.gate}, projection={self.projection!r}"
+            f"vision_dim={self.vision_dim}, llm_dim={self.llm_dim}{changed}, gate={self.gate}, "
+            f"projection={self.projection!r}"
         )
+
+    @property
+    def layout(self):
+        return self.options.layout
 
     # ------------------------------------------------------------------------------------------
     def forward(
@@ -168,7 +155,7 @@ class OGFusion(nn.Module):
         masks = as_mask_list(masks)
         check_features(image_features, masks, None)
         plan, counts = plan_batch(
-            masks, image_features.shape[1], self.layout, self.mask_options, mask_scores, image_features.device
+            masks, image_features.shape[1], self.options, mask_scores, image_features.device
         )
         gate = [any_mask_set(masks).to(image_features.device)] if self.gate else []
         rows, max_seqlen, gate_open = buffer_size(plan, max_tokens, counts, gate)

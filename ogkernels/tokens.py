@@ -2,46 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence, Union
 
 import torch
 
-from ._validation import check_choice, check_positive_int, describe, fail
-from .downsample import FRAMES, MODES, Grid, downsample_masks, parse_grid
+from ._validation import check_positive_int, describe, fail
+from .downsample import Grid, downsample_masks
 from .ops.gather_rows import gather_rows
-from .ops.token_budget import PRIORITIES, TokenBudget
-from .ops.token_plan import GLOBAL_VIEWS, Layout, TokenPlan, placement_indices, plan_tokens
+from .ops.token_plan import Layout, TokenPlan, placement_indices, plan_tokens
+from .options import INT32_MAX, OGTokenOptions, parse_grid
 from .packed_masks import PackedMasks
 from .varlen import VarlenBatch
 
 ImageMasks = Union[torch.Tensor, PackedMasks, None]
-INT32_MAX = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class MaskOptions:
-    """How raw masks become token bitmaps (see :func:`ogkernels.downsample_masks`)."""
-
-    alpha: float = 0.5
-    mode: str = "flat"
-    frame: str = "none"
-    grid: Grid | None = None  # patch mode: (gh, gw) with gh·gw = V; default square
 
 
 def token_bitmaps(
-    masks: Sequence[ImageMasks], num_tokens: int, options: MaskOptions, device: torch.device | None
+    masks: Sequence[ImageMasks], num_tokens: int, options: OGTokenOptions, device: torch.device | None
 ) -> tuple[torch.Tensor, list[int]]:
     """Bitmaps ``(M, V)`` of every image's masks, in order, and the mask count per image.
 
     Items may be raw ``(N, H, W)`` masks or :class:`PackedMasks` (downsampled in one call),
     already-downsampled ``(N, V)`` bitmaps, or None (no masks).
     """
-    check_choice("mode", options.mode, MODES)
-    grid = options.grid if options.grid is not None else num_tokens
-    shape = parse_grid(grid, options.mode)
-    if shape[0] * shape[1] != num_tokens:
-        fail("grid", f"gh·gw == V = {num_tokens}", tuple(shape))
+    shape = options.grid_shape(num_tokens)
     if not isinstance(masks, (list, tuple)):
         fail("masks", "a list with one entry per image", masks, error=TypeError)
     raw, counts, bitmaps = [], [], []
@@ -92,37 +76,6 @@ def _first_device(masks: Sequence[ImageMasks]) -> torch.device:
     return torch.device("cpu")
 
 
-def make_budget(
-    max_image_tokens: int | None, max_batch_tokens: int | None, drop_priority: str
-) -> TokenBudget | None:
-    check_choice("drop_priority", drop_priority, PRIORITIES)
-    for name, cap in (("max_image_tokens", max_image_tokens), ("max_batch_tokens", max_batch_tokens)):
-        if cap is not None:
-            check_positive_int(name, cap)
-            if cap > INT32_MAX:
-                fail(name, f"<= {INT32_MAX} (int32 cu_seqlens)", cap)
-    if max_image_tokens is None and max_batch_tokens is None:
-        return None
-    return TokenBudget(max_image_tokens, max_batch_tokens, drop_priority)
-
-
-def make_layout(
-    global_view: str,
-    no_masktoken: bool,
-    image_filling: bool,
-    averaging: bool,
-    max_masks: int | None,
-    budget: TokenBudget | None = None,
-) -> Layout:
-    check_choice("global_view", global_view, GLOBAL_VIEWS)
-    for name, flag in (("no_masktoken", no_masktoken), ("image_filling", image_filling), ("averaging", averaging)):
-        if not isinstance(flag, bool):
-            fail(name, "a bool", flag, error=TypeError)
-    if max_masks is not None:
-        check_positive_int("max_masks", max_masks)
-    return Layout(global_view, not no_masktoken, averaging, image_filling, max_masks, budget)
-
-
 def check_budget(layout: Layout, batch: int, num_tokens: int) -> None:
     """Caps must leave room for the global rows, which are never dropped."""
     budget, global_rows = layout.budget, layout.global_rows(num_tokens)
@@ -156,42 +109,34 @@ def mask_score_vector(
 def og_token_lengths(
     masks: Sequence[ImageMasks],
     grid: Grid,
+    options: OGTokenOptions | None = None,
     *,
-    global_view: str = "mean",
-    alpha: float = 0.5,
-    mode: str = "flat",
-    frame: str = "none",
-    no_masktoken: bool = False,
-    image_filling: bool = False,
-    averaging: bool = False,
-    max_masks: int | None = None,
-    max_image_tokens: int | None = None,
-    max_batch_tokens: int | None = None,
-    drop_priority: str = "order",
     mask_scores: Sequence[torch.Tensor | None] | None = None,
+    **option_overrides,
 ) -> torch.Tensor:
     """Each image's OG token count ``(B,)`` int64, exactly ``og_tokens(...).lengths``,
-    without touching features. ``grid``: ``V`` or ``(gh, gw)``."""
-    shape = parse_grid(grid, mode)
-    budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
-    layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)
-    options = MaskOptions(alpha, mode, frame, shape)
-    check_choice("frame", frame, FRAMES)
+    without touching features. ``grid``: ``V`` or ``(gh, gw)``; ``options`` /
+    ``option_overrides``: see :class:`OGTokenOptions`."""
+    options = OGTokenOptions.resolve(options, **option_overrides)
+    shape = parse_grid(grid, options.mode)
+    if options.grid is not None and options.grid != shape:
+        fail("grid", f"the options' grid {options.grid}", tuple(shape))
     if not isinstance(masks, (list, tuple)):
         fail("masks", "a list with one entry per image", masks, error=TypeError)
-    plan, _ = plan_batch(masks, shape[0] * shape[1], layout, options, mask_scores, None)
+    options = options.replace(grid=shape) if options.mode == "patch" else options
+    plan, _ = plan_batch(masks, shape[0] * shape[1], options, mask_scores, None)
     return plan.lengths
 
 
 def plan_batch(
     masks: Sequence[ImageMasks],
     num_tokens: int,
-    layout: Layout,
-    options: MaskOptions,
+    options: OGTokenOptions,
     mask_scores: Sequence[torch.Tensor | None] | None,
     device: torch.device | None,
 ) -> tuple[TokenPlan, list[int]]:
     """Downsample, clean, cap and count a batch's masks: the plan and the masks per image."""
+    layout = options.layout
     check_budget(layout, len(masks), num_tokens)
     bitmaps, counts = token_bitmaps(masks, num_tokens, options, device)
     scores = mask_score_vector(mask_scores, counts, layout, bitmaps.device)
@@ -283,21 +228,11 @@ def og_tokens(
     features: torch.Tensor,
     masks: Sequence[ImageMasks],
     bom_token: torch.Tensor | None = None,
+    options: OGTokenOptions | None = None,
     *,
-    global_view: str = "mean",
-    alpha: float = 0.5,
-    mode: str = "flat",
-    frame: str = "none",
-    grid: Grid | None = None,
-    no_masktoken: bool = False,
-    image_filling: bool = False,
-    averaging: bool = False,
-    max_masks: int | None = None,
-    max_image_tokens: int | None = None,
-    max_batch_tokens: int | None = None,
-    drop_priority: str = "order",
     mask_scores: Sequence[torch.Tensor | None] | None = None,
     max_tokens: int | None = None,
+    **option_overrides,
 ) -> VarlenBatch:
     """Build every image's object-guided token sequence into one packed buffer.
 
@@ -314,15 +249,10 @@ def og_tokens(
             is taken as ``B`` images.
         bom_token: ``(1, F)`` begin-of-mask row in the features' dtype; None leaves the BOM
             rows zero (their ``source_index`` is ``BOM_ROW``, for the caller to fill).
-        global_view, alpha, mode, frame, grid: see above and :func:`downsample_masks`.
-        no_masktoken: no BOM rows. image_filling: append the tokens no mask covers as a last
-        mask. averaging: each mask contributes the mean of its rows (1 row). max_masks: keep
-        at most this many masks per image (after cleaning, in order).
-        max_image_tokens, max_batch_tokens: token caps (global rows included): masks are
-            dropped, lowest ``drop_priority`` first (``"order"``: last masks first;
-            ``"area"``: smallest first; ``"score"``: lowest ``mask_scores`` first — SAM 2's
-            predicted IoU, one ``(N_i,)`` tensor per image), until the caps hold. A capped
-            batch is sized by its caps: no host sync at all.
+        options: an :class:`OGTokenOptions` (layout, cleaning, downsampling, token caps);
+            default: the reference's behaviour. ``option_overrides``: its fields as keywords
+            (``global_view="full"``, ``max_image_tokens=600``, …), applied on top.
+        mask_scores: per image ``(N_i,)`` SAM 2 predicted IoU, for ``drop_priority="score"``.
         max_tokens: an upper bound on the total token count: sizes the buffer without any
             host sync (rows past ``cu_seqlens[-1]`` are zero; ``max_seqlen`` becomes a bound).
 
@@ -330,13 +260,10 @@ def og_tokens(
         :class:`VarlenBatch` with ``values (T, F)``; differentiable w.r.t. ``features`` and
         ``bom_token`` with deterministic gradients.
     """
+    options = OGTokenOptions.resolve(options, **option_overrides)
     masks = as_mask_list(masks)
     check_features(features, masks, bom_token)
-    budget = make_budget(max_image_tokens, max_batch_tokens, drop_priority)
-    layout = make_layout(global_view, no_masktoken, image_filling, averaging, max_masks, budget)
-    check_choice("frame", frame, FRAMES)
-    options = MaskOptions(alpha, mode, frame, grid)
-    plan, counts = plan_batch(masks, features.shape[1], layout, options, mask_scores, features.device)
+    plan, counts = plan_batch(masks, features.shape[1], options, mask_scores, features.device)
     rows, max_seqlen, _ = buffer_size(plan, max_tokens, counts)
     table_index, row_index, sources = placement_indices(plan, rows)
     return VarlenBatch(

@@ -60,6 +60,6 @@ def sav_frames(shared_data: pathlib.Path):
     path = shared_data / SAV_FILE
     if not path.is_file():
         pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
-    from ogkernels.synthetic import sav_masklets
+    from ogkernels.tools.synthetic import sav_masklets
 
     return sav_masklets(path, slice(0, 6))

@@ -1,4 +1,4 @@
-"""Visual-token budget (``ogkernels.budget``) and its CLI (``ogkernels.budget_cli``).
+"""Visual-token budget (``ogkernels.budget``) and its CLI (``ogkernels.tools.budget_cli``).
 
 Counts are checked against hand derivations from the published formulas and against
 transformers' own functions (``smart_resize``, ``select_best_resolution``,
@@ -34,7 +34,7 @@ from ogkernels.budget import (
     select_anyres_resolution,
     visual_token_count,
 )
-from ogkernels.budget_cli import main
+from ogkernels.tools.budget_cli import main
 
 from .strategies import mask_stacks, token_counts
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench import cost_report, modeled, timings, triton_counts
-from ogkernels import costmodel as cm
+from ogkernels.tools import costmodel as cm
 
 H100 = cm.GPUS["H100-SXM"]
 D = cost_report.LLM_DIM

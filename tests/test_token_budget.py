@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ogkernels import OGFusion, og_tokens
 from ogkernels.budget import og_token_counts
-from ogkernels.profiling import HostSyncCounter
+from ogkernels.tools.profiling import HostSyncCounter
 from ogkernels.varlen import BOM_ROW
 
 from .strategies import mask_stacks

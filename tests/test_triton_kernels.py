@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from ogkernels import PackedMasks, downsample_masks
 from ogkernels import reference as R
-from ogkernels.audit import audit_config, kernel_configs
+from ogkernels.tools.audit import audit_config, kernel_configs
 from ogkernels.ops.gather_rows import gather_rows
 from ogkernels.tokens import og_tokens
 
@@ -144,11 +144,11 @@ def test_og_tokens_triton_matches_reference(triton_path, global_view):
 
 @pytest.fixture(scope="module")
 def static_audit() -> dict[tuple[str, int], dict]:
-    """``python -m ogkernels.audit --json`` in a process without the interpreter (a Triton
+    """``python -m ogkernels.tools.audit --json`` in a process without the interpreter (a Triton
     function cannot be both interpreted and compiled in one process)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "OGKERNELS_FORCE_TRITON")}
     result = subprocess.run(
-        [sys.executable, "-m", "ogkernels.audit", "--json"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "ogkernels.tools.audit", "--json"], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return {(r["name"], r["arch"]): r for r in json.loads(result.stdout)}

@@ -19,7 +19,7 @@ import torch
 
 from .._host import upload
 from ..packed_masks import PackedMasks
-from ..reference.phi import frame_window
+from .frames import frame_window
 from .phi_torch import flat_counts, flat_thresholds, patch_counts
 
 # Thresholds above any possible count (alpha large) are capped to stay int64.

@@ -23,6 +23,7 @@ from .token_budget import TokenBudget, apply_budget
 # Tables of the placement gather, in this order.
 PATCH_TABLE, GLOBAL_TABLE, BOM_TABLE, MASK_MEAN_TABLE = 0, 1, 2, 3
 GLOBAL_VIEWS = ("mean", "full", "none")
+MASKLESS = ("reference", "plain")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class Layout:
     # an image with more raw masks than this keeps its first max_masks after cleaning
     max_masks: int | None = None
     budget: TokenBudget | None = None  # token caps, applied last
+    # an image without masks in a batch with masks: "reference" (global rows only) or
+    # "plain" (its V patch rows, no global row)
+    maskless: str = "reference"
 
     def global_rows(self, num_tokens: int) -> int:
         return {"mean": 1, "full": num_tokens, "none": 0}[self.global_view]

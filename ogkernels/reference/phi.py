@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops.frames import frame_window
+
 
 def downsample_mask_to_1d_counts(
     mask: torch.Tensor, output_size: int, threshold_count: float = 0.5
@@ -31,25 +33,6 @@ def downsample_mask_to_1d_counts(
     pooled = F.adaptive_avg_pool1d(flat.view(1, 1, n), output_size).view(output_size)
     counts = pooled * (n / output_size)
     return counts >= threshold_count
-
-
-def frame_window(height: int, width: int, frame: str) -> tuple[int, int, int, int]:
-    """The window ``(top, left, window_height, window_width)`` in mask pixel coordinates.
-
-    ``"none"``: the mask itself. ``"pad"``: LLaVA's ``expand2square`` — the mask centred in a
-    ``max(H, W)`` square (the window reaches outside the mask, where pixels count as 0).
-    ``"crop"``: the centred ``min(H, W)`` square that a shortest-edge resize + centre crop
-    keeps (to within one pixel of the resampled image).
-    """
-    if frame == "none":
-        return 0, 0, height, width
-    if frame == "pad":
-        side = max(height, width)
-        return -((side - height) // 2), -((side - width) // 2), side, side
-    if frame == "crop":
-        side = min(height, width)
-        return (height - side) // 2, (width - side) // 2, side, side
-    raise ValueError(f"frame: expected one of 'none', 'pad', 'crop', got {frame!r}")
 
 
 def adaptive_bin(index: int, size: int, bins: int) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 Three kinds of figure, none of which needs a GPU:
 
-* **Counted traffic** — :class:`TrafficCounter` (a :class:`~ogkernels.profiling.HostSyncCounter`
+* **Counted traffic** — :class:`TrafficCounter` (a :class:`~ogkernels.tools.profiling.HostSyncCounter`
   that also adds up bytes) runs any PyTorch code and charges each aten operation the bytes it
   reads and writes, as if every operation were one GPU kernel going through HBM with no cache
   reuse between kernels (see :func:`op_traffic` for the rules). This is what an eager,

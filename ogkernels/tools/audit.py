@@ -3,7 +3,7 @@
 Each kernel is compiled with ``triton.compile`` for ``GPUTarget("cuda", arch, 32)`` at the
 configurations the launchers pick for the benchmark shapes; the bundled ``ptxas -v`` reports
 registers, spill bytes and shared memory, and the PTX shows the width of the global loads
-and stores (128-bit = ``.v4.b32`` / ``.v2.b64``). ``python -m ogkernels.audit`` prints the
+and stores (128-bit = ``.v4.b32`` / ``.v2.b64``). ``python -m ogkernels.tools.audit`` prints the
 table; the tests fail on any spill or compile failure.
 """
 
@@ -54,25 +54,25 @@ class KernelAudit:
 
 
 def _phi_kernel():
-    from .kernels.downsample import phi_bins_kernel
+    from ..kernels.downsample import phi_bins_kernel
 
     return phi_bins_kernel
 
 
 def _gather_kernel():
-    from .kernels.gather_rows import gather_rows_kernel
+    from ..kernels.gather_rows import gather_rows_kernel
 
     return gather_rows_kernel
 
 
 def _segment_kernel():
-    from .kernels.gather_rows import segment_sum_kernel
+    from ..kernels.gather_rows import segment_sum_kernel
 
     return segment_sum_kernel
 
 
 def _phi_config(name: str, packed: bool, bin_pixels: int, grid_w: int) -> KernelConfig:
-    from .ops.downsample import _tile_sizes
+    from ..ops.downsample import _tile_sizes
 
     block_c, block_w = _tile_sizes(bin_pixels, grid_w, packed)
     return KernelConfig(
@@ -95,7 +95,7 @@ def _phi_config(name: str, packed: bool, bin_pixels: int, grid_w: int) -> Kernel
 
 
 def _gather_config(name: str, dtype: str, element_size: int, width: int, tables: int) -> KernelConfig:
-    from .ops.gather_rows import _block_cols
+    from ..ops.gather_rows import _block_cols
 
     block_c = _block_cols(width, element_size)
     signature = {"out_ptr": f"*{dtype}", "table_index_ptr": "*i32", "row_index_ptr": "*i64"}
@@ -117,7 +117,7 @@ def _gather_config(name: str, dtype: str, element_size: int, width: int, tables:
 
 
 def _segment_config(name: str, dtype: str, element_size: int, width: int) -> KernelConfig:
-    from .ops.gather_rows import _block_cols
+    from ..ops.gather_rows import _block_cols
 
     return KernelConfig(
         name,
@@ -138,13 +138,13 @@ def _segment_config(name: str, dtype: str, element_size: int, width: int) -> Ker
 
 
 def _token_plan_kernel():
-    from .kernels.token_plan import token_plan_kernel
+    from ..kernels.token_plan import token_plan_kernel
 
     return token_plan_kernel
 
 
 def _place_tokens_kernel():
-    from .kernels.token_plan import place_tokens_kernel
+    from ..kernels.token_plan import place_tokens_kernel
 
     return place_tokens_kernel
 
@@ -229,7 +229,7 @@ def compile_config(config: KernelConfig, arch: int):
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError(
             "TRITON_INTERPRET=1: kernels are interpreted and cannot be compiled ahead of time; "
-            "run the audit in a process without it (python -m ogkernels.audit)"
+            "run the audit in a process without it (python -m ogkernels.tools.audit)"
         )
     fn = config.kernel()
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in config.aligned}
@@ -279,7 +279,7 @@ def format_table(audits: list[KernelAudit]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ogkernels.audit [--json]``: the audit table (or JSON records)."""
+    """``python -m ogkernels.tools.audit [--json]``: the audit table (or JSON records)."""
     import argparse
     import dataclasses
     import json
