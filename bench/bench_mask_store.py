@@ -6,7 +6,7 @@ Run::
 
 Data: 16 generated images of 480×640 with 20–60 masks each, built from the real SAM 2
 masklets of SA-V video ``sav_000001`` (Segment Anything Video dataset, Meta, CC BY 4.0;
-located through ``OGKERNELS_SHARED_DATA``): each mask is a transposed SA-V mask (848×480 →
+shipped in ``tests/data`` (``OGKERNELS_SHARED_DATA`` overrides)): each mask is a transposed SA-V mask (848×480 →
 480×848), randomly flipped and cropped to 640 columns around the object, so shapes are real
 (smooth boundaries, holes, thin parts). Loads are timed with a warm page cache; on a cold
 cache the load ratio follows the bytes-on-disk ratio.
@@ -34,8 +34,6 @@ from ogkernels.masks import MaskStore, MaskStoreWriter, reference_order
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("OGKERNELS_SHARED_DATA", REPO.parent / "shared" / "data"))
-SAV_FILE = "sav_000001_auto.json"  # SA-V (Meta), CC BY 4.0
 HEIGHT, WIDTH = 480, 640
 NUM_IMAGES, BATCH = 16, 8
 RESULTS: dict[str, dict[str, float]] = {}
@@ -43,10 +41,9 @@ RESULTS: dict[str, dict[str, float]] = {}
 
 def _sav_masks() -> np.ndarray:
     """All SA-V ``sav_000001`` masks (Meta, CC BY 4.0) with >= 500 pixels, ``bool (M, 848, 480)``."""
-    path = SHARED / SAV_FILE
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
-    from ogkernels.tools.synthetic import sav_masklets
+    from ogkernels.tools.synthetic import sav_file, sav_masklets
+
+    path = sav_file()
 
     stack = np.concatenate(sav_masklets(path, slice(None, None, 4))[0])
     return stack[stack.sum(axis=(1, 2)) >= 500]

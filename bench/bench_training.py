@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pathlib
 import statistics
 import time
 
@@ -46,6 +45,7 @@ from ogkernels.integrations.hf_llava import (  # noqa: E402
 from ogkernels.integrations.llava_collator import OGLlavaCollator  # noqa: E402
 from ogkernels.packing import plan_packing  # noqa: E402
 from ogkernels.tools.profiling import HostSyncCounter  # noqa: E402
+from ogkernels.tools.synthetic import sav_file  # noqa: E402
 
 from .workloads import mask_batch  # noqa: E402
 
@@ -60,7 +60,6 @@ CONFIGS = {
 }
 BATCH = 8
 TOKENIZER = CharTokenizer()
-SHARED = pathlib.Path(os.environ.get("OGKERNELS_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,7 +165,7 @@ def test_training_step(benchmark, config, path):
 def sav_frames(count: int) -> list[torch.Tensor]:
     from pycocotools import mask as mask_utils
 
-    record = json.loads((SHARED / "sav_000001_auto.json").read_text())
+    record = json.loads(sav_file().read_text())
     frames = []
     for f in range(count):  # every 7th frame: different object shapes and sizes
         rles = [r for r in record["masklet"][7 * f] if r is not None]
@@ -181,8 +180,6 @@ WORKLOADS = ["sam2-like-20-60@480x640", "sav_000001@848x480"]
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_llm_cost_realistic(benchmark, workload, batch, capsys):
     if workload.startswith("sav"):
-        if not (SHARED / "sav_000001_auto.json").is_file():
-            pytest.skip(f"shared data not found at {SHARED} (set OGKERNELS_SHARED_DATA)")
         masks = sav_frames(batch)
     else:
         masks = list(mask_batch(batch, 480, 640))

@@ -7,6 +7,7 @@ Public API:
     OGFusion           the drop-in OG-Fusion connector (nn.Module), varlen or padded output
     VarlenBatch        packed variable-length sequences (values, cu_seqlens, max_seqlen)
     PackedMasks        bit-packed masks (numpy.packbits layout)
+    MaskBitmaps        one image's masks already downsampled (Phi bitmaps + what they came from)
     varlen_attention   flash-attn's varlen contract, with an exact PyTorch fallback
     pack_multimodal    text + image tokens of a batch in one padding-free packed sequence
     budget             token counts and LLM costs (visual_token_count, og_token_counts, …)
@@ -17,6 +18,7 @@ Importing ogkernels needs neither a GPU, nor Triton, nor flash-attn.
 """
 
 from . import budget, masks, reference
+from .bitmaps import MaskBitmaps
 from .downsample import downsample_masks
 from .fusion import OGFusion, PaddedTokens
 from .masks import MaskStore, MaskStoreWriter
@@ -27,6 +29,7 @@ from .tokens import og_tokens
 from .varlen import VarlenBatch
 
 __all__ = [
+    "MaskBitmaps",
     "MaskStore",
     "MaskStoreWriter",
     "OGFusion",

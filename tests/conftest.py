@@ -26,11 +26,6 @@ settings.register_profile(
 )
 settings.load_profile("ogkernels")
 
-SHARED_DATA = pathlib.Path(
-    os.environ.get("OGKERNELS_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (still run in CI)")
     config.addinivalue_line("markers", "triton: runs the Triton kernels (interpreter on CPU)")
@@ -44,22 +39,12 @@ def triton_path(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder not found at {SHARED_DATA} (set OGKERNELS_SHARED_DATA)")
-    return SHARED_DATA
+def sav_frames():
+    """The first 6 frames of SA-V ``sav_000001`` (Segment Anything Video, Meta, CC BY 4.0;
+    shipped in ``tests/data``): per frame ``bool (9, 848, 480)`` masklets and their COCO RLEs."""
+    from ogkernels.tools.synthetic import sav_file, sav_masklets
 
-
-SAV_FILE = "sav_000001_auto.json"  # SA-V (Meta), CC BY 4.0
-
-
-@pytest.fixture(scope="session")
-def sav_frames(shared_data: pathlib.Path):
-    """The first 6 frames of SA-V ``sav_000001`` (Segment Anything Video, Meta, CC BY 4.0):
-    per frame ``bool (9, 848, 480)`` masklets and their COCO RLEs."""
-    path = shared_data / SAV_FILE
+    path = sav_file()
     if not path.is_file():
-        pytest.skip(f"{path} not found (set OGKERNELS_SHARED_DATA to the folder holding {SAV_FILE})")
-    from ogkernels.tools.synthetic import sav_masklets
-
+        pytest.fail(f"{path} is missing (it ships with the repository; OGKERNELS_SHARED_DATA overrides it)")
     return sav_masklets(path, slice(0, 6))

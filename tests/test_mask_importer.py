@@ -1,7 +1,7 @@
 """Importing the reference layout ``partition_<p>/<image_key>/mask_<i>.npy`` into the store.
 
 Real masks: ``sav_000001_auto.json``, the automatic masklets of SA-V video ``sav_000001``
-(Segment Anything Video dataset, Meta, CC BY 4.0), located through ``OGKERNELS_SHARED_DATA``.
+(Segment Anything Video dataset, Meta, CC BY 4.0), shipped in ``tests/data`` (``OGKERNELS_SHARED_DATA`` overrides).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,6 +77,17 @@ def sam2_like_batch(
         n = int(torch.randint(masks_per_image[0], masks_per_image[1] + 1, (1,), generator=g))
         out.append(sam2_like_masks(n, sizes[b][0], sizes[b][1], generator=g))
     return out
+
+
+SAV_FILE = "sav_000001_auto.json"  # SA-V (Meta), CC BY 4.0: see tests/data/README.md
+
+
+def sav_file() -> Path:
+    """The SA-V annotation file shipped with the repository (``tests/data``), or the one in
+    the folder ``OGKERNELS_SHARED_DATA`` names."""
+    folder = os.environ.get("OGKERNELS_SHARED_DATA")
+    root = Path(folder) if folder else Path(__file__).resolve().parents[2] / "tests" / "data"
+    return root / SAV_FILE
 
 
 def sav_masklets(path: str | os.PathLike, frames: slice = slice(None)) -> tuple[list[np.ndarray], list[list[dict]]]:
