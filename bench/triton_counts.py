@@ -26,9 +26,9 @@ CASES = [(576, 2, (1, 2), True), (576, 3, (2, 3), True), (729, 3, (1, 2), False)
 WIDTH, LLM_DIM, MASK_SIDE = 32, 16, 24
 
 
-# ogkernels._host.upload stages every host table in pinned memory and copies it with
+# ogkernels.ops.host.upload stages every host table in pinned memory and copies it with
 # non_blocking=True: no host sync on CUDA
-ASYNC_UPLOAD_SITES = ("_host.py",)
+ASYNC_UPLOAD_SITES = ("ops/host.py",)
 
 
 def _record(case: str, counter, cpu_only_syncs: int = 0, **extra) -> dict:
@@ -46,7 +46,7 @@ def count_cases() -> list[dict]:
     import torch
 
     from ogkernels import OGFusion, og_tokens
-    from ogkernels._dispatch import use_triton
+    from ogkernels.ops.dispatch import use_triton
     from ogkernels.tools.costmodel import TrafficCounter
     from ogkernels.tools.synthetic import sam2_like_batch
 

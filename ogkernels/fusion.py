@@ -7,7 +7,7 @@ reference's ``(B, L_max, D)`` block, pad rows equal to ``MLP(0)`` as the referen
 them).
 
 Because the projector is row-wise, ``MLP(gather(X)) == gather(MLP(X))``: when the batch has
-more OG tokens than ``B·(V+2)`` rows (overlapping masks), the module projects each image's
+more OG tokens than ``B·(V+1)+1`` rows (overlapping masks), the module projects each image's
 ``V`` patch rows, its global row and the BOM once and gathers projected rows
 ("project-then-gather"); otherwise it gathers then projects. Gradients through the gather
 are deterministic segment sums either way.
@@ -21,21 +21,15 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from ._batch import ImageMasks, as_mask_list, buffer_size, check_features, plan_batch, token_tables
 from ._validation import check_choice, fail
 from .checkpoints import CheckpointError, connector_state_dict, load_reference_checkpoint
+from .kernels.codes import NO_TABLE
 from .ops.gather_rows import gather_rows
-from .ops.token_plan import placement_indices
-from .options import OGTokenOptions, check_bool
-from .packed_masks import PackedMasks
-from .tokens import (
-    ImageMasks,
-    as_mask_list,
-    buffer_size,
-    check_features,
-    plan_batch,
-    token_tables,
-)
-from .varlen import PAD_ROW, VarlenBatch
+from .ops.index import cu_seqlens_from_lengths
+from .ops.place_tokens import placement_indices
+from .options import OGTokenOptions
+from .varlen import VarlenBatch
 
 DEFAULT_OPTIONS = OGTokenOptions()
 PROJECTION_ORDERS = ("auto", "project_first", "gather_first")
@@ -49,20 +43,6 @@ class PaddedTokens(NamedTuple):
     lengths: torch.Tensor
 
 
-def any_mask_set(masks: Sequence[ImageMasks]) -> torch.Tensor:
-    """The reference gate (§4) as a device bool: does any image have a non-zero raw mask?"""
-    flags = []
-    for item in masks:
-        if item is None:
-            continue
-        data = item.bits if isinstance(item, PackedMasks) else item
-        if data.numel():
-            flags.append((data != 0).any())
-    if not flags:
-        return torch.zeros((), dtype=torch.bool)
-    return torch.stack([f.to(flags[0].device) for f in flags]).any()
-
-
 class OGFusion(nn.Module):
     """Object-guided visual tokens + the ``mlp2x_gelu`` projector.
 
@@ -73,8 +53,6 @@ class OGFusion(nn.Module):
             token caps; default: the reference's hard-coded behaviour);
             ``option_overrides``: its fields as keywords, applied on top. A capped connector
             sizes its output without a host sync.
-        gate: the reference's batch gate — a batch with no non-zero mask takes the plain
-            LLaVA path (``MLP(X)``, ``V`` tokens per image).
         projection: ``"auto"`` (fewer projected rows wins), ``"project_first"`` or
             ``"gather_first"``.
     """
@@ -85,7 +63,6 @@ class OGFusion(nn.Module):
         llm_dim: int = 4096,
         options: OGTokenOptions | None = None,
         *,
-        gate: bool = True,
         projection: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -97,7 +74,6 @@ class OGFusion(nn.Module):
                 fail(name, "an int >= 1", value)
         check_choice("projection", projection, PROJECTION_ORDERS)
         self.options = OGTokenOptions.resolve(options, **option_overrides)
-        self.gate = check_bool("gate", gate)
         self.projection = projection
         factory = {"device": device, "dtype": dtype}
         self.mm_projector = nn.Sequential(
@@ -119,13 +95,16 @@ class OGFusion(nn.Module):
         changed = {k: v for k, v in self.options.to_dict().items() if v != getattr(DEFAULT_OPTIONS, k)}
         changed = "".join(f", {k}={v!r}" for k, v in sorted(changed.items()))
         return (
-            f"vision_dim={self.vision_dim}, llm_dim={self.llm_dim}{changed}, gate={self.gate}, "
-            f"projection={self.projection!r}"
+            f"vision_dim={self.vision_dim}, llm_dim={self.llm_dim}{changed}, projection={self.projection!r}"
         )
 
     @property
     def layout(self):
         return self.options.layout
+
+    @property
+    def gate(self) -> bool:
+        return self.options.gate
 
     # ------------------------------------------------------------------------------------------
     def forward(
@@ -140,41 +119,50 @@ class OGFusion(nn.Module):
         """Project object-guided tokens.
 
         Args:
-            image_features: ``(B, V, F)`` patch features.
-            masks: ``B`` entries (raw ``(N, H, W)`` masks, :class:`PackedMasks`, ``(N, V)``
-                bitmaps or None), or None for the plain path.
+            image_features: ``(B, V, F)`` patch features (``F = vision_dim``).
+            masks: ``B`` entries (raw ``(N, H, W)`` masks, :class:`PackedMasks`,
+                :class:`MaskBitmaps`, ``(N, V)`` bitmaps or None; on the features' device or
+                the CPU), a ``(B, N, H, W)`` tensor, or None for the plain path.
             output: ``"varlen"`` → :class:`VarlenBatch` ``values (T, D)``; ``"padded"`` →
-                :class:`PaddedTokens` ``(B, L_max, D)`` with pad rows ``MLP(0)``.
-            max_tokens: bound on the total token count (sizes the buffer without a host sync;
-                with ``gate=True`` the gate still reads one flag from the device).
+                :class:`PaddedTokens` ``(B, L_max, D)`` with pad rows ``MLP(0)`` (sizing the
+                block reads ``L_max`` on the host).
+            max_tokens: bound on the total token count: sizes the buffer without a host sync
+                (token caps in the options do the same).
             mask_scores: per-image ``(N_i,)`` scores for ``drop_priority="score"``.
         """
         check_choice("output", output, OUTPUTS)
+        self._check_features(image_features)
         if masks is None:
             return self._plain(image_features, output)
         masks = as_mask_list(masks)
-        check_features(image_features, masks, None)
-        plan, counts = plan_batch(
-            masks, image_features.shape[1], self.options, mask_scores, image_features.device
-        )
-        gate = [any_mask_set(masks).to(image_features.device)] if self.gate else []
-        rows, max_seqlen, gate_open = buffer_size(plan, max_tokens, counts, gate)
-        if gate_open and not gate_open[0]:
-            return self._plain(image_features, output)
+        check_features(image_features, len(masks), None, "image_features")
+        plan, counts = plan_batch(masks, image_features.shape[1], self.options, mask_scores, image_features.device)
+        rows, max_seqlen = buffer_size(plan, self.options, counts, max_tokens)
         table_index, row_index, sources = placement_indices(plan, rows)
         bom = self.mm_bom_mask_token.to(image_features.dtype)
         if self._project_first(image_features, rows):
             values = self._project_then_gather(image_features, bom, plan, table_index, row_index)
         else:
-            tokens = gather_rows(token_tables(image_features, bom, plan), table_index, row_index)
+            tokens = gather_rows(token_tables(image_features, bom, plan, counts), table_index, row_index)
             values = self.mm_projector(tokens)
-            if rows > 0 and (max_tokens is not None or self.layout.budget is not None):
-                values = torch.where((table_index < 0)[:, None], 0, values)  # unused buffer rows
-        batch = VarlenBatch(values, plan.cu_seqlens, max_seqlen, sources)
+            if max_tokens is not None or self.options.budget is not None:
+                values = torch.where((table_index == NO_TABLE)[:, None], 0, values)  # unused buffer rows
+        batch = VarlenBatch(values, plan.cu_seqlens, max_seqlen, sources, validate=False)
         return self._as_output(batch, output)
 
+    def _check_features(self, features: object) -> None:
+        if not isinstance(features, torch.Tensor) or features.dim() != 3:
+            fail("image_features", f"a (B, V, {self.vision_dim}) tensor", features, error=TypeError if not isinstance(features, torch.Tensor) else ValueError)
+        if features.shape[2] != self.vision_dim:
+            fail("image_features", f"a (B, V, {self.vision_dim}) tensor (vision_dim = {self.vision_dim})", features)
+        weight = self.mm_projector[0].weight
+        if features.device.type != "meta" and features.device != weight.device:
+            fail("image_features", f"a tensor on {weight.device} (the connector's device)", features)
+        if features.dtype != weight.dtype and not torch.is_autocast_enabled(features.device.type):
+            fail("image_features", f"dtype {weight.dtype} (the connector's; or run under autocast)", features, error=TypeError)
+
     def _project_first(self, features: torch.Tensor, rows: int) -> bool:
-        if self.layout.averaging or self.projection == "gather_first":
+        if self.options.averaging or self.projection == "gather_first":
             return False  # MLP(mean of rows) != mean of MLP(rows)
         if self.projection == "project_first":
             return True
@@ -184,12 +172,12 @@ class OGFusion(nn.Module):
     def _project_then_gather(self, features, bom, plan, table_index, row_index):
         batch, num_tokens, width = features.shape
         pieces = [features.reshape(batch * num_tokens, width)]
-        if self.layout.global_view == "mean":
+        if self.options.global_view == "mean":
             pieces.append(features.mean(dim=1))
         pieces.append(bom)
         projected = self.mm_projector(torch.cat(pieces, dim=0))
         patch, rest = projected[: batch * num_tokens], projected[batch * num_tokens :]
-        if self.layout.global_view == "mean":
+        if self.options.global_view == "mean":
             global_rows, bom_row = rest[:batch], rest[batch:]
         else:
             global_rows, bom_row = rest.new_zeros(1, rest.shape[1]), rest
@@ -197,26 +185,20 @@ class OGFusion(nn.Module):
 
     def _plain(self, features: torch.Tensor, output: str) -> VarlenBatch | PaddedTokens:
         """The reference's plain LLaVA path: ``MLP(X)``, ``V`` tokens per image."""
-        if not isinstance(features, torch.Tensor) or features.dim() != 3:
-            fail("image_features", "a (B, V, F) tensor", features)
         projected = self.mm_projector(features)
         batch, num_tokens, _ = features.shape
+        lengths = torch.full((batch,), num_tokens, dtype=torch.int64, device=features.device)
         if output == "padded":
-            lengths = torch.full((batch,), num_tokens, dtype=torch.int64, device=features.device)
             return PaddedTokens(projected, lengths)
-        cu = torch.arange(batch + 1, device=features.device, dtype=torch.int32) * num_tokens
         rows = torch.arange(batch * num_tokens, device=features.device)
-        return VarlenBatch(projected.reshape(batch * num_tokens, -1), cu, num_tokens, rows)
+        cu = cu_seqlens_from_lengths(lengths)
+        return VarlenBatch(projected.reshape(batch * num_tokens, -1), cu, num_tokens, rows, validate=False)
 
     def _as_output(self, batch: VarlenBatch, output: str) -> VarlenBatch | PaddedTokens:
         if output == "varlen":
             return batch
         zero_row = self.mm_projector(batch.values.new_zeros(1, self.vision_dim).to(self.mm_bom_mask_token.dtype))
-        trimmed = batch
-        if batch.source_index is not None and batch.max_seqlen and (batch.source_index == PAD_ROW).any():
-            used = int(batch.cu_seqlens[-1])
-            trimmed = VarlenBatch(batch.values[:used], batch.cu_seqlens, batch.max_seqlen)
-        return PaddedTokens(trimmed.to_padded(zero_row[0]), batch.lengths)
+        return PaddedTokens(batch.to_padded(zero_row[0]), batch.lengths)
 
     # ------------------------------------------------------------------------------------------
     def load_reference_state_dict(self, state_dict, strict: bool = True) -> None:
@@ -225,6 +207,9 @@ class OGFusion(nn.Module):
         Raises :class:`CheckpointError` listing missing and unexpected connector keys."""
         tensors = connector_state_dict(state_dict)
         tensors.pop("mm_masks_pos_encoding.seg_embed.weight", None)  # unused by the forward
+        for name, value in tensors.items():
+            if not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point:
+                raise CheckpointError(f"state_dict[{name!r}]: expected a real floating tensor, got {getattr(value, 'dtype', type(value).__name__)}")
         own = dict(self.named_parameters())
         missing = sorted(set(own) - set(tensors))
         unexpected = sorted(set(tensors) - set(own))
@@ -244,15 +229,19 @@ class OGFusion(nn.Module):
                     own[name].copy_(value.to(own[name].dtype))
 
     @classmethod
-    def from_reference_checkpoint(cls, path: str | os.PathLike | list, **options) -> "OGFusion":
+    def from_reference_checkpoint(cls, path: str | os.PathLike | list, *, strict: bool = True, **options: Any) -> "OGFusion":
         """Build a connector from reference checkpoint file(s) or a folder; the widths come
-        from the weights. ``options`` are the constructor's keyword options."""
+        from the weights. ``strict`` (default): every parameter (projector and BOM) must be in
+        the checkpoint(s) — e.g. stage 1's ``mm_projector.bin`` *and* ``mm_bom_mask_token.bin``;
+        ``strict=False`` leaves missing ones at their initial values. ``options``: the
+        constructor's keyword options."""
         tensors = load_reference_checkpoint(path)
-        if "mm_projector.0.weight" not in tensors:
-            raise CheckpointError(f"checkpoint {path!r}: no mm_projector.0.weight among {sorted(tensors)}")
-        llm_dim, vision_dim = tensors["mm_projector.0.weight"].shape
+        weight = tensors.get("mm_projector.0.weight")
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise CheckpointError(f"checkpoint {path!r}: no 2-D mm_projector.0.weight among {sorted(tensors)}")
+        llm_dim, vision_dim = weight.shape
         module = cls(vision_dim, llm_dim, **options)
-        module.load_reference_state_dict(tensors, strict="mm_bom_mask_token" in tensors)
+        module.load_reference_state_dict(tensors, strict=strict)
         return module
 
     @classmethod
@@ -268,4 +257,4 @@ class OGFusion(nn.Module):
         return module
 
 
-__all__ = ["OGFusion", "PaddedTokens", "CheckpointError", "any_mask_set"]
+__all__ = ["OGFusion", "PaddedTokens", "CheckpointError"]

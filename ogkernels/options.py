@@ -86,6 +86,8 @@ class OGTokenOptions:
         averaging: each mask contributes the mean of its rows (1 row).
         max_masks: keep at most this many masks per image (the reference's ``mask_limit``,
             applied after cleaning, in order); None: no limit.
+        gate: the reference's batch gate: a batch in which no mask has a set pixel takes the
+            plain LLaVA path — every image its ``V`` patch rows, no global row, no BOM.
         maskless: what an image without masks (None, or zero masks) gets inside a batch that
             has masks: ``"reference"`` (the reference's rule: its global row(s) only) or
             ``"plain"`` (its ``V`` patch rows, as the plain LLaVA path gives every image of a
@@ -109,6 +111,7 @@ class OGTokenOptions:
     image_filling: bool = False
     averaging: bool = False
     max_masks: int | None = None
+    gate: bool = True
     maskless: str = "reference"
     alpha: float = 0.5
     mode: str = "flat"
@@ -120,7 +123,7 @@ class OGTokenOptions:
 
     def __post_init__(self) -> None:
         check_choice("global_view", self.global_view, GLOBAL_VIEWS)
-        for name in ("no_masktoken", "image_filling", "averaging"):
+        for name in ("no_masktoken", "image_filling", "averaging", "gate"):
             check_bool(name, getattr(self, name))
         if self.max_masks is not None:
             check_positive_int("max_masks", self.max_masks)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._validation import check_tensor, fail
+from .ops.phi_torch import unpack_bits
 
 
 def packed_row_bytes(height: int, width: int) -> int:
@@ -87,7 +88,4 @@ class PackedMasks:
 
     def unpack(self) -> torch.Tensor:
         """The masks as a bool tensor ``(N, H, W)`` on the same device."""
-        n, h, w = self.shape
-        shifts = torch.arange(7, -1, -1, device=self.device, dtype=torch.uint8)
-        unpacked = (self.bits.unsqueeze(-1) >> shifts) & 1
-        return unpacked.reshape(n, self.bits.shape[1] * 8)[:, : h * w].reshape(n, h, w).bool()
+        return unpack_bits(self.bits, self.height, self.width)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ._host import upload
+from .ops.host import upload
 from ._validation import check_choice, check_tensor, describe, fail
 from .varlen import VarlenBatch
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ._validation import check_tensor, fail
+from .kernels.codes import BOM_ROW, GLOBAL_ROW, MASK_MEAN_ROW, PAD_ROW
+from .ops.index import lengths_from_cu_seqlens, max_length
 
-# Codes of ``VarlenBatch.source_index`` for rows that are not a patch-feature row.
-BOM_ROW = -1  # the begin-of-mask token
-GLOBAL_ROW = -2  # the global row of an image (mean of its patch rows)
-MASK_MEAN_ROW = -3  # the mean of one mask's rows (``averaging=True``)
-PAD_ROW = -4  # unused tail rows of a buffer sized by ``max_tokens``
+__all__ = ["BOM_ROW", "GLOBAL_ROW", "MASK_MEAN_ROW", "PAD_ROW", "VarlenBatch"]
 
 
 @dataclass
@@ -21,34 +19,62 @@ class VarlenBatch:
 
     Attributes:
         values: ``(T_buf, C)``; sequence ``b`` is ``values[cu_seqlens[b]:cu_seqlens[b+1]]``.
-            Rows past ``cu_seqlens[-1]`` exist only when the buffer was sized by a caller's
-            ``max_tokens`` bound; they are zero.
-        cu_seqlens: ``(B + 1,)`` int32, contiguous, on the values' device, starting at 0.
+            Rows past ``cu_seqlens[-1]`` exist only when the buffer was sized by a bound
+            (``max_tokens``, token caps); they are zero.
+        cu_seqlens: ``(B + 1,)`` int32, contiguous, on the values' device, starting at 0,
+            non-decreasing, ``cu_seqlens[-1] <= T_buf``.
         max_seqlen: the longest sequence (a Python int; an upper bound when the buffer was
             sized without a host sync).
         source_index: ``(T_buf,)`` int64: the flat patch row ``b·V + v`` each row was copied
             from, or a negative code (:data:`BOM_ROW`, :data:`GLOBAL_ROW`,
             :data:`MASK_MEAN_ROW`, :data:`PAD_ROW`). None for batches built elsewhere.
+        validate: ``None`` (default): check types and shapes, and the offsets' values when
+            ``cu_seqlens`` is on the CPU (no device sync); ``True``: check the values on any
+            device (one host read on a GPU); ``False``: trust the caller (ogkernels' own ops).
     """
 
     values: torch.Tensor
     cu_seqlens: torch.Tensor
     max_seqlen: int
     source_index: torch.Tensor | None = None
+    validate: bool | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_tensor("values", self.values)
         check_tensor("cu_seqlens", self.cu_seqlens)
+        if self.values.dim() < 1:
+            fail("values", "a (T, ...) tensor", self.values)
         if self.cu_seqlens.dtype != torch.int32 or self.cu_seqlens.dim() != 1:
             fail("cu_seqlens", "a 1-D int32 tensor", self.cu_seqlens, error=TypeError)
         if self.cu_seqlens.numel() < 1:
             fail("cu_seqlens", "at least one entry (B + 1 >= 1)", self.cu_seqlens)
         if self.cu_seqlens.device != self.values.device:
             fail("cu_seqlens", f"a tensor on {self.values.device} (the values' device)", self.cu_seqlens)
-        if self.values.dim() < 1:
-            fail("values", "a (T, ...) tensor", self.values)
-        if isinstance(self.max_seqlen, bool) or not isinstance(self.max_seqlen, int):
+        if isinstance(self.max_seqlen, bool) or not isinstance(self.max_seqlen, (int, torch.SymInt)):
             fail("max_seqlen", "a Python int", self.max_seqlen, error=TypeError)
+        if self.source_index is not None:
+            check_tensor("source_index", self.source_index)
+            if self.source_index.dtype != torch.int64 or self.source_index.shape != self.values.shape[:1]:
+                fail("source_index", f"a ({self.values.shape[0]},) int64 tensor (one code per row)", self.source_index)
+            if self.source_index.device != self.values.device:
+                fail("source_index", f"a tensor on {self.values.device} (the values' device)", self.source_index)
+        if self.validate is True or (self.validate is None and self.cu_seqlens.device.type == "cpu"):
+            self._check_offsets()
+
+    def _check_offsets(self) -> None:
+        offsets = self.cu_seqlens.tolist()
+        rows = self.values.shape[0]
+        if offsets[0] != 0:
+            fail("cu_seqlens", "offsets starting at 0", f"cu_seqlens[0] = {offsets[0]}")
+        steps = [b for b in range(len(offsets) - 1) if offsets[b + 1] < offsets[b]]
+        if steps:
+            b = steps[0]
+            fail("cu_seqlens", "non-decreasing offsets", f"cu_seqlens[{b + 1}] = {offsets[b + 1]} < cu_seqlens[{b}] = {offsets[b]}")
+        if offsets[-1] > rows:
+            fail("cu_seqlens", f"a last offset <= {rows} (the rows of values)", f"cu_seqlens[-1] = {offsets[-1]}")
+        longest = max((offsets[b + 1] - offsets[b] for b in range(len(offsets) - 1)), default=0)
+        if self.max_seqlen < longest:
+            fail("max_seqlen", f">= {longest} (the longest sequence)", self.max_seqlen)
 
     @property
     def batch_size(self) -> int:
@@ -57,7 +83,7 @@ class VarlenBatch:
     @property
     def lengths(self) -> torch.Tensor:
         """``(B,)`` int64 sequence lengths."""
-        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).to(torch.int64)
+        return lengths_from_cu_seqlens(self.cu_seqlens)
 
     @property
     def total_tokens(self) -> int:
@@ -65,31 +91,40 @@ class VarlenBatch:
         return int(self.cu_seqlens[-1])
 
     def split(self) -> list[torch.Tensor]:
-        """The ``B`` sequences as views ``(L_b, C)``."""
+        """The ``B`` sequences as views ``(L_b, C)`` (one host read of the offsets)."""
         bounds = self.cu_seqlens.tolist()
         return [self.values[bounds[b] : bounds[b + 1]] for b in range(self.batch_size)]
 
-    def to_padded(self, pad_value: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """``(B, L_max, C)``: each sequence right-padded, where ``L_max`` is the longest real
-        sequence (the reference's zero-padded block). ``pad_value``: a number, or a row
+    def to_padded(self, pad_value: float | torch.Tensor = 0.0, width: int | None = None) -> torch.Tensor:
+        """``(B, L, C)``: each sequence right-padded to ``L``: the longest real sequence (the
+        reference's zero-padded block; one host read), or ``width`` when given (static shape,
+        no host read; must be ``>=`` the longest sequence). ``pad_value``: a number, or a row
         ``(C,)`` (differentiable, e.g. the projector's image of a zero row)."""
         lengths = self.lengths
-        longest = int(lengths.max()) if self.batch_size else 0
+        if width is None:
+            longest = max_length(self.cu_seqlens)
+        else:
+            longest = width
+            if lengths.device.type == "cpu" and not torch.compiler.is_compiling() and self.batch_size:
+                if int(lengths.max()) > width:
+                    fail("width", f">= {int(lengths.max())} (the longest sequence)", width)
         shape = (self.batch_size, longest) + tuple(self.values.shape[1:])
         if isinstance(pad_value, torch.Tensor):
             out = pad_value.to(self.values.dtype).expand(shape).clone()
         else:
             out = self.values.new_full(shape, pad_value)
-        if longest == 0:
+        if longest == 0 or self.values.shape[0] == 0:
             return out
         position = torch.arange(longest, device=self.values.device)
         valid = position[None, :] < lengths[:, None]
         rows = self.cu_seqlens[:-1].to(torch.int64)[:, None] + position[None, :]
-        out[valid] = self.values[rows[valid]]
-        return out
+        rows = torch.where(valid, rows, 0).clamp(max=self.values.shape[0] - 1)
+        gathered = self.values.index_select(0, rows.reshape(-1)).view(shape)
+        mask = valid.view(valid.shape + (1,) * (self.values.dim() - 1))
+        return torch.where(mask, gathered, out)
 
     def map_values(self, values: torch.Tensor) -> "VarlenBatch":
         """The same layout with new ``values`` (e.g. projected rows), ``(T_buf, C')``."""
         if values.shape[0] != self.values.shape[0]:
             fail("values", f"{self.values.shape[0]} rows (the batch's buffer)", values)
-        return VarlenBatch(values, self.cu_seqlens, self.max_seqlen, self.source_index)
+        return VarlenBatch(values, self.cu_seqlens, self.max_seqlen, self.source_index, validate=False)

@@ -462,12 +462,12 @@ def test_batch_budget_context_cap_and_errors():
 
 
 def _reference_lengths(masks, num_tokens, threshold=0.5):
-    from ogkernels.reference import ReferenceFlags, og_fusion_embed
+    from ogkernels.reference import ReferenceFlags, og_fusion_tokens
 
     features = torch.zeros(len(masks), num_tokens, 2)
     bom = torch.zeros(1, 2)
     flags = ReferenceFlags(threshold_count=threshold)
-    return og_fusion_embed(features, masks, bom, flags).lengths
+    return og_fusion_tokens(features, masks, bom, flags).lengths
 
 
 def _random_masks(seed, count, height, width, density):
@@ -505,7 +505,7 @@ OG_LAYOUTS = [
 @pytest.mark.parametrize("options, flags", OG_LAYOUTS)
 def test_og_token_counts_layout_options_match_reference(options, flags):
     pytest.importorskip("ogkernels.tokens")
-    from ogkernels.reference import ReferenceFlags, og_fusion_embed
+    from ogkernels.reference import ReferenceFlags, og_fusion_tokens
 
     masks = [
         _random_masks(0, 5, 30, 40, 0.3),
@@ -515,7 +515,7 @@ def test_og_token_counts_layout_options_match_reference(options, flags):
         _random_masks(5, 8, 20, 20, 0.1),
     ]
     features, bom = torch.zeros(len(masks), 36, 2), torch.zeros(1, 2)
-    expected = og_fusion_embed(features, masks, bom, ReferenceFlags(**flags)).lengths
+    expected = og_fusion_tokens(features, masks, bom, ReferenceFlags(**flags)).lengths
     assert og_token_counts(masks, 36, **options) == expected
 
 

@@ -68,10 +68,10 @@ def test_traffic_counter_rules():
 def test_cuda_sync_estimate_of_the_triton_counts():
     seen = SimpleNamespace(  # what a TrafficCounter saw
         syncs=1, sync_ops={"tolist": 1}, ops=10, triton_launches=2,
-        host_uploads={"_host.py:23": 3, "ops/token_plan.py:74": 2},
+        host_uploads={"ops/host.py:23": 3, "ops/token_plan.py:74": 2},
     )  # fmt: skip
 
-    # uploads through ogkernels._host (pinned, non-blocking) do not sync; the two pageable ones do
+    # uploads through ogkernels.ops.host (pinned, non-blocking) do not sync; the two pageable ones do
     assert triton_counts._record("og_tokens", seen, T=5)["cuda_syncs"] == 1 + 2
     assert triton_counts._record("og_tokens max_tokens", seen, cpu_only_syncs=1)["cuda_syncs"] == 2
 

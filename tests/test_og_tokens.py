@@ -74,7 +74,7 @@ def inputs(data, dtype):
 @given(data=batches(), opts=options, dtype=st.sampled_from(DTYPES))
 def test_values_and_lengths_match_reference(data, opts, dtype):
     masks, v, (features, bom, _) = data[3], data[1], inputs(data, dtype)
-    ref = R.og_fusion_embed(features, masks, bom, flags_for(**opts))
+    ref = R.og_fusion_tokens(features, masks, bom, flags_for(**opts))
     out = og_tokens(features, masks, bom, **opts)
     assert out.lengths.tolist() == ref.lengths
     assert out.cu_seqlens.dtype == torch.int32 and out.max_seqlen == max(ref.lengths)
@@ -97,7 +97,7 @@ def test_gradients_match_reference_autograd(data, opts, dtype):
     ref_b = bom.clone().requires_grad_(True)
     our_x = features.clone().requires_grad_(True)
     our_b = bom.clone().requires_grad_(True)
-    ref = R.og_fusion_embed(ref_x, masks, ref_b, flags_for(**opts))
+    ref = R.og_fusion_tokens(ref_x, masks, ref_b, flags_for(**opts))
     out = og_tokens(our_x, masks, our_b, **opts)
     weights = torch.randn(out.values.shape, generator=g).to(dtype)
     ref_loss = sum((seq * w).sum() for seq, w in zip(ref.sequences, torch.split(weights, ref.lengths)))
@@ -155,9 +155,11 @@ def test_image_without_masks_and_all_empty_masks():
     features = torch.randn(3, 9, 4)
     bom = torch.randn(1, 4)
     masks = [None, torch.zeros(0, 6, 6, dtype=torch.bool), torch.zeros(3, 6, 6, dtype=torch.bool)]
-    out = og_tokens(features, masks, bom)
+    out = og_tokens(features, masks, bom, gate=False)  # the embedder alone: global rows only
     assert out.lengths.tolist() == [1, 1, 1]
-    single_empty = og_tokens(features[:1], [torch.zeros(1, 6, 6, dtype=torch.bool)], bom)
+    gated = og_tokens(features, masks, bom)  # no mask has a pixel: the plain path, V rows each
+    assert gated.lengths.tolist() == [9, 9, 9] and torch.equal(gated.values, features.reshape(27, 4))
+    single_empty = og_tokens(features[:1], [torch.zeros(1, 6, 6, dtype=torch.bool)], bom, gate=False)
     assert single_empty.lengths.tolist() == [1 + 1 + 9]
 
 

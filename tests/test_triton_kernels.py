@@ -101,7 +101,8 @@ def test_gather_rows_kernel_forward_and_backward(triton_path, dtype):
 def test_token_plan_kernels_match_the_pytorch_plan(
     monkeypatch, images, v, global_view, bom, averaging, max_masks, density, seed
 ):
-    from ogkernels.ops.token_plan import Layout, placement_indices, plan_tokens
+    from ogkernels.ops.place_tokens import placement_indices
+    from ogkernels.ops.token_plan import Layout, plan_tokens
 
     g = torch.Generator().manual_seed(seed)
     bitmaps = torch.rand(sum(images), v, generator=g) < density
@@ -129,7 +130,7 @@ def test_og_tokens_triton_matches_reference(triton_path, global_view):
     flags = R.ReferenceFlags(global_view=global_view != "none", averaging_global_view=global_view == "mean")
     ref_x, our_x = features.clone().requires_grad_(True), features.clone().requires_grad_(True)
     ref_b, our_b = bom.clone().requires_grad_(True), bom.clone().requires_grad_(True)
-    ref = R.og_fusion_embed(ref_x, masks, ref_b, flags)
+    ref = R.og_fusion_tokens(ref_x, masks, ref_b, flags)
     out = og_tokens(our_x, masks, our_b, global_view=global_view)
     assert out.lengths.tolist() == ref.lengths
     assert torch.equal(out.to_padded(), ref.block)

@@ -15,8 +15,7 @@ import functools
 import numpy as np
 import torch
 
-from .._host import upload
-from ..packed_masks import PackedMasks
+from .host import resident
 
 LOW_16 = 0x00FF00FF00FF00FF
 ONES_16 = 0x0001000100010001
@@ -57,14 +56,17 @@ def _prefix_bits(packed: bool) -> tuple[int, ...]:
     return tuple(values)
 
 
-_TABLES: dict[tuple[bool, torch.device], torch.Tensor] = {}
-
-
 def prefix_bits(packed: bool, device: torch.device) -> torch.Tensor:
-    key = (packed, device)
-    if key not in _TABLES:
-        _TABLES[key] = upload(_prefix_bits(packed), torch.int64, device)
-    return _TABLES[key]
+    return resident(_prefix_bits(packed), torch.int64, device, key=("phi prefix bits", packed))
+
+
+def nonzero_bytes(x: torch.Tensor) -> torch.Tensor:
+    """Each byte lane of int64 ``x`` replaced by 1 if it is non-zero, else 0 (a dense mask's
+    bytes may be any non-zero value: each is one pixel)."""
+    x = x | (x >> 4)
+    x = x | (x >> 2)
+    x = x | (x >> 1)
+    return x & ONES_8
 
 
 class WordStream:
@@ -81,7 +83,8 @@ class WordStream:
             padded = torch.zeros((stream.numel() + 7) // 8 * 8, dtype=torch.uint8, device=stream.device)
             padded[: stream.numel()] = stream
             stream = padded
-        self.words = stream.view(torch.int64)
+        words = stream.view(torch.int64)
+        self.words = words if packed else nonzero_bytes(words)
         self.lanes = byte_popcounts(self.words) if packed else self.words
         self.bits = prefix_bits(packed, stream.device)
 
@@ -154,9 +157,10 @@ def flat_counts(
     widths = (positions[:, 1:] >> words.shift) - first_word
     # parts are q or q+1 pixels long, so they span `narrow` or `narrow + 1` whole words
     narrow, wide = int(widths.min()), int(widths.max())
-    position = upload(positions, torch.int64, device)
-    first = upload(first_word.reshape(-1), torch.int64, device)
-    extra = upload(widths.reshape(-1) > narrow, torch.bool, device) if wide > narrow else None
+    key = ("phi flat", packed, num_masks, slots, n_pixels, bins)
+    position = resident(positions, torch.int64, device, key=key + ("positions",))
+    first = resident(first_word.reshape(-1), torch.int64, device, key=key + ("first",))
+    extra = resident(widths.reshape(-1) > narrow, torch.bool, device, key=key + ("extra",)) if wide > narrow else None
     lanes = words.window_lanes(first, narrow, extra)
     below, pixel = words.split(position.reshape(-1))
     below = below.view(num_masks, bins + 1)
@@ -173,8 +177,15 @@ def flat_counts(
         counts += sum_byte_lanes(part)
     counts = counts.view(num_masks, bins)
     # adaptive bins overlap the next part by one pixel when (j+1)N/V is not an integer
-    counts += pixel.view(num_masks, bins + 1)[:, 1:] * upload(overlapped, torch.int64, device)
+    counts += pixel.view(num_masks, bins + 1)[:, 1:] * resident(overlapped, torch.int64, device, key=key + ("overlap",))
     return counts
+
+
+def unpack_bits(bits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(N, ceil(H·W/8))`` uint8 packed MSB first → ``(N, H, W)`` bool."""
+    shifts = torch.arange(7, -1, -1, device=bits.device, dtype=torch.uint8)
+    unpacked = (bits.unsqueeze(-1) >> shifts) & 1
+    return unpacked.reshape(bits.shape[0], bits.shape[1] * 8)[:, : height * width].reshape(-1, height, width).bool()
 
 
 def _membership(size: int, bins: int, offset: int, window: int, device) -> torch.Tensor:
@@ -198,7 +209,7 @@ def patch_counts(
     device = data.device
     gh, gw = grid
     top, left, window_h, window_w = window
-    dense = PackedMasks(data, height, width).unpack() if packed else data
+    dense = unpack_bits(data, height, width) if packed else data.view(torch.uint8) != 0
     num_masks = dense.shape[0]
     rows = _membership(height, gh, top, window_h, device)
     cols = _membership(width, gw, left, window_w, device)

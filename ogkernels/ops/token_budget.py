@@ -81,12 +81,15 @@ def apply_budget(
     image_of_mask: torch.Tensor,
     batch: int,
     global_rows: int,
+    global_total: torch.Tensor,
     scores: torch.Tensor | None,
 ) -> torch.Tensor:
     """The masks still kept under ``budget``. ``segment (K,)``: rows each kept mask adds;
-    ``scores (K,)`` float for ``priority="score"`` (fillers and missing scores: −inf)."""
+    ``global_rows``: the global rows of each image; ``global_total``: the batch's rows that
+    are not masks' (0-d int64: global rows of the images that have them); ``scores (K,)``
+    float for ``priority="score"`` (fillers and missing scores: −inf; NaN ranks last too)."""
     if budget.priority == "score":
-        key = scores.to(torch.float64)
+        key = torch.nan_to_num(scores.to(torch.float64), nan=float("-inf"))
     elif budget.priority == "area":
         key = segment.to(torch.float64)
     else:
@@ -99,6 +102,6 @@ def apply_budget(
         keep = keep & _fits(segment, order, image_of_mask, room)
         segment = segment * keep
     if budget.max_batch_tokens is not None:
-        room = torch.full((), budget.max_batch_tokens - batch * global_rows, dtype=torch.int64, device=keep.device)
+        room = budget.max_batch_tokens - global_total.to(torch.int64)
         keep = keep & _fits(segment, _priority_order(key, None), None, room)
     return keep

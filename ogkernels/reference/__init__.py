@@ -18,6 +18,7 @@ from .og_fusion import (
     mask_flat_indices,
     masks_gate,
     og_fusion_embed,
+    og_fusion_tokens,
     sinusoid_table,
     sliding_window_masks,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "mask_flat_indices",
     "masks_gate",
     "og_fusion_embed",
+    "og_fusion_tokens",
     "prepare_inputs_labels_for_multimodal",
     "sinusoid_table",
     "sliding_window_masks",

@@ -255,6 +255,22 @@ def masks_gate(masks: list[torch.Tensor | None] | None, masking: bool = True) ->
     return False
 
 
+def og_fusion_tokens(
+    features: torch.Tensor,
+    masks: list[torch.Tensor | None] | None,
+    bom_token: torch.Tensor | None,
+    flags: ReferenceFlags = ReferenceFlags(),
+    masking: bool = True,
+) -> ReferenceEmbedding:
+    """The rows the reference connector projects: :func:`og_fusion_embed` when the §4 gate
+    is open, else the plain path's ``X`` (``V`` rows per image, no padding)."""
+    if masks_gate(masks, masking):
+        return og_fusion_embed(features, masks, bom_token, flags)
+    batch, num_tokens, _ = features.shape
+    sequences = [features[b] for b in range(batch)]
+    return ReferenceEmbedding(features, [num_tokens] * batch, sequences, [[] for _ in range(batch)])
+
+
 def build_projector(vision_dim: int, llm_dim: int) -> nn.Sequential:
     """``mlp2x_gelu``: ``Linear(F → D)``, exact-erf ``GELU``, ``Linear(D → D)``."""
     return nn.Sequential(nn.Linear(vision_dim, llm_dim), nn.GELU(), nn.Linear(llm_dim, llm_dim))

@@ -21,16 +21,12 @@ ARCHS = (80, 90)
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """One compile of one kernel: its signature, constexprs, and the arguments that the
-    launcher's data makes 16-divisible (pointers 16-byte aligned, sizes multiples of 16)."""
+    """One compile of one kernel: the launch its launcher builds for a benchmark shape (on
+    the meta device: no data, no GPU), and whether its hot loop must move 128-bit rows."""
 
     name: str
-    kernel: Callable[[], object]  # returns the @triton.jit function (imported lazily)
-    signature: dict[str, str]
-    constexprs: dict[str, object]
-    aligned: tuple[str, ...] = ()
-    num_warps: int = 4
-    expect_128bit: bool = False  # the hot loop must move rows with 128-bit accesses
+    build: Callable[[], object]  # () -> ogkernels.ops.launch.Launch
+    expect_128bit: bool = False
 
 
 @dataclass
@@ -53,142 +49,97 @@ class KernelAudit:
         return max(self.store_bits, default=0)
 
 
-def _phi_kernel():
-    from ..kernels.downsample import phi_bins_kernel
-
-    return phi_bins_kernel
+META = "meta"
 
 
-def _gather_kernel():
-    from ..kernels.gather_rows import gather_rows_kernel
+def _phi_config(name: str, packed: bool, height: int, width: int, grid: tuple[int, int], mode: str) -> KernelConfig:
+    def build():
+        import torch
 
-    return gather_rows_kernel
+        from ..ops.phi import MaskImage, phi_launch
 
+        if packed:
+            data = torch.empty(30, -(-height * width // 8), dtype=torch.uint8, device=META)
+        else:
+            data = torch.empty(30, height, width, dtype=torch.bool, device=META)
+        image = MaskImage(data, 30, height, width, packed)
+        return phi_launch([image] * 8, grid, 0.5, mode, "none", [])[0]
 
-def _segment_kernel():
-    from ..kernels.gather_rows import segment_sum_kernel
-
-    return segment_sum_kernel
-
-
-def _phi_config(name: str, packed: bool, bin_pixels: int, grid_w: int) -> KernelConfig:
-    from ..ops.downsample import _tile_sizes
-
-    block_c, block_w = _tile_sizes(bin_pixels, grid_w, packed)
-    return KernelConfig(
-        name,
-        _phi_kernel,
-        {
-            "image_params_ptr": "*i64",
-            "mask_image_ptr": "*i32",
-            "mask_local_ptr": "*i32",
-            "out_ptr": "*u8",
-            "GH": "i32",
-            "GW": "i32",
-            "PACKED": "constexpr",
-            "BLOCK_C": "constexpr",
-            "BLOCK_W": "constexpr",
-        },
-        {"PACKED": packed, "BLOCK_C": block_c, "BLOCK_W": block_w},
-        aligned=("image_params_ptr", "mask_image_ptr", "mask_local_ptr", "out_ptr"),
-    )
+    return KernelConfig(name, build)
 
 
-def _gather_config(name: str, dtype: str, element_size: int, width: int, tables: int) -> KernelConfig:
-    from ..ops.gather_rows import _block_cols
+def _gather_config(name: str, dtype: str, width: int, tables: int, rows: int = 4608) -> KernelConfig:
+    def build():
+        import torch
 
-    block_c = _block_cols(width, element_size)
-    signature = {"out_ptr": f"*{dtype}", "table_index_ptr": "*i32", "row_index_ptr": "*i64"}
-    signature.update({f"table{k}_ptr": f"*{dtype}" for k in range(4)})
-    signature.update(
-        {"num_rows": "i32", "num_cols": "i32", "NUM_TABLES": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
-    )
-    aligned = ("out_ptr", "table_index_ptr", "row_index_ptr", "num_cols") + tuple(
-        f"table{k}_ptr" for k in range(4)
-    )
-    return KernelConfig(
-        name,
-        _gather_kernel,
-        signature,
-        {"NUM_TABLES": tables, "BLOCK_R": max(1, 4096 // block_c), "BLOCK_C": block_c},
-        aligned,
-        expect_128bit=True,
-    )
+        from ..ops.gather_rows import gather_launch
+
+        t = getattr(torch, dtype)
+        sources = [torch.empty(rows, width, dtype=t, device=META)] * tables
+        out = torch.empty(rows, width, dtype=t, device=META)
+        index = torch.empty(rows, dtype=torch.int32, device=META)
+        return gather_launch(out, sources, index, index.to(torch.int64))
+
+    return KernelConfig(name, build, expect_128bit=True)
 
 
-def _segment_config(name: str, dtype: str, element_size: int, width: int) -> KernelConfig:
-    from ..ops.gather_rows import _block_cols
+def _segment_config(name: str, dtype: str, width: int, rows: int = 4608) -> KernelConfig:
+    def build():
+        import torch
 
-    return KernelConfig(
-        name,
-        _segment_kernel,
-        {
-            "grad_tables_ptr": f"*{dtype}",
-            "grad_out_ptr": f"*{dtype}",
-            "order_ptr": "*i64",
-            "row_ptr_ptr": "*i64",
-            "num_cols": "i32",
-            "ACC_FP64": "constexpr",
-            "BLOCK_C": "constexpr",
-        },
-        {"ACC_FP64": dtype == "fp64", "BLOCK_C": _block_cols(width, element_size)},
-        ("grad_tables_ptr", "grad_out_ptr", "order_ptr", "row_ptr_ptr", "num_cols"),
-        expect_128bit=True,
-    )
+        from ..ops.gather_rows import segment_sum_launch
+
+        t = getattr(torch, dtype)
+        grads = torch.empty(rows, width, dtype=t, device=META)
+        order = torch.empty(rows, dtype=torch.int64, device=META)
+        return segment_sum_launch(grads, grads, order, order)
+
+    return KernelConfig(name, build, expect_128bit=True)
 
 
-def _token_plan_kernel():
-    from ..kernels.token_plan import token_plan_kernel
+def _plan_configs(num_tokens: int, batch: int = 8, masks: int = 240) -> list[KernelConfig]:
+    def tensors():
+        import torch
 
-    return token_plan_kernel
+        def new(n, dtype):
+            return torch.empty(n, dtype=dtype, device=META)
 
+        bitmaps = torch.empty(masks, num_tokens, dtype=torch.bool, device=META)
+        return bitmaps, new, torch
 
-def _place_tokens_kernel():
-    from ..kernels.token_plan import place_tokens_kernel
+    def plan():
+        from ..ops.token_plan import Layout, token_plan_launch
 
-    return place_tokens_kernel
+        bitmaps, new, torch = tensors()
+        i64 = torch.int64
+        return token_plan_launch(bitmaps, new(batch + 1, i64), new(batch, torch.bool), new(masks, torch.int8),
+                                 new(masks, i64), new(masks, i64), new(batch, i64), Layout())  # fmt: skip
 
+    def place():
+        from ..ops.place_tokens import place_tokens_launch
 
-def _plan_configs(num_tokens: int) -> list[KernelConfig]:
-    block = min(1024, 1 << (num_tokens - 1).bit_length())
-    plan = KernelConfig(
-        f"token_plan V={num_tokens}",
-        _token_plan_kernel,
-        {
-            "bitmaps_ptr": "*u8", "mask_start_ptr": "*i64", "state_ptr": "*i8", "token_counts_ptr": "*i64",
-            "offsets_ptr": "*i64", "lengths_ptr": "*i64", "num_tokens": "i32", "global_rows": "i32",
-            "max_masks": "i64", "BOM": "constexpr", "AVERAGING": "constexpr", "BLOCK_V": "constexpr",
-        },
-        {"BOM": 1, "AVERAGING": False, "BLOCK_V": block},
-        ("bitmaps_ptr", "mask_start_ptr", "state_ptr", "token_counts_ptr", "offsets_ptr", "lengths_ptr"),
-    )  # fmt: skip
-    place = KernelConfig(
-        f"place_tokens V={num_tokens}",
-        _place_tokens_kernel,
-        {
-            "bitmaps_ptr": "*u8", "state_ptr": "*i8", "mask_image_ptr": "*i64", "offsets_ptr": "*i64",
-            "cu_seqlens_ptr": "*i32", "table_ptr": "*i32", "row_ptr": "*i64", "source_ptr": "*i64",
-            "num_masks": "i32", "num_tokens": "i32", "buffer_rows": "i32", "GLOBAL_VIEW": "constexpr",
-            "BOM": "constexpr", "AVERAGING": "constexpr", "BLOCK_V": "constexpr",
-        },
-        {"GLOBAL_VIEW": 1, "BOM": 1, "AVERAGING": False, "BLOCK_V": block},
-        ("bitmaps_ptr", "state_ptr", "mask_image_ptr", "offsets_ptr", "cu_seqlens_ptr", "table_ptr", "row_ptr", "source_ptr"),
-    )  # fmt: skip
-    return [plan, place]
+        bitmaps, new, torch = tensors()
+        i64, rows = torch.int64, 4608
+        return place_tokens_launch(bitmaps, new(masks, torch.int8), new(masks, i64), new(masks, i64),
+                                   new(batch + 1, torch.int32), new(batch, torch.bool), new(rows, torch.int32),
+                                   new(rows, i64), new(rows, i64), num_tokens, "mean", True, False)  # fmt: skip
+
+    return [KernelConfig(f"token_plan V={num_tokens}", plan), KernelConfig(f"place_tokens V={num_tokens}", place)]
 
 
 def kernel_configs() -> list[KernelConfig]:
-    """The configurations the benchmarks run (LLaVA-1.5: V = 576, F = 1024, D = 4096)."""
+    """The configurations the benchmarks run (LLaVA-1.5: V = 576, F = 1024, D = 4096; B = 8
+    images of 480×640 with 30 masks each)."""
     return [
-        _phi_config("phi flat 480x640 V=576", False, 534, 576),
-        _phi_config("phi flat packed 480x640 V=576", True, 534, 576),
-        _phi_config("phi patch 480x640 24x24", False, 28, 24),
-        _phi_config("phi patch packed 480x640 24x24", True, 28, 24),
-        _gather_config("gather_rows fp32 F=1024", "fp32", 4, 1024, 3),
-        _gather_config("gather_rows bf16 F=1024", "bf16", 2, 1024, 3),
-        _gather_config("gather_rows bf16 D=4096", "bf16", 2, 4096, 2),
-        _segment_config("segment_sum fp32 F=1024", "fp32", 4, 1024),
-        _segment_config("segment_sum bf16 D=4096", "bf16", 2, 4096),
+        _phi_config("phi flat 480x640 V=576", False, 480, 640, (1, 576), "flat"),
+        _phi_config("phi flat packed 480x640 V=576", True, 480, 640, (1, 576), "flat"),
+        _phi_config("phi patch 480x640 24x24", False, 480, 640, (24, 24), "patch"),
+        _phi_config("phi patch packed 480x640 24x24", True, 480, 640, (24, 24), "patch"),
+        _gather_config("gather_rows fp32 F=1024", "float32", 1024, 3),
+        _gather_config("gather_rows bf16 F=1024", "bfloat16", 1024, 3),
+        _gather_config("gather_rows bf16 D=4096", "bfloat16", 4096, 2),
+        _segment_config("segment_sum fp32 F=1024", "float32", 1024),
+        _segment_config("segment_sum bf16 D=4096", "bfloat16", 4096),
         *_plan_configs(576),
         *_plan_configs(729),
     ]
@@ -231,10 +182,12 @@ def compile_config(config: KernelConfig, arch: int):
             "TRITON_INTERPRET=1: kernels are interpreted and cannot be compiled ahead of time; "
             "run the audit in a process without it (python -m ogkernels.tools.audit)"
         )
-    fn = config.kernel()
-    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in config.aligned}
-    source = triton.compiler.ASTSource(fn=fn, signature=config.signature, constexprs=config.constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": config.num_warps})
+    run = config.build()
+    signature, constexprs, aligned = run.signature()
+    fn = run.kernel
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": run.num_warps})
 
 
 def audit_config(config: KernelConfig, arch: int) -> KernelAudit:

@@ -17,30 +17,42 @@ import triton
 import triton.language as tl
 
 # Fields of the per-image int64 parameter table (one row per image).
-FIELD_BASE = 0  # data_ptr of the image's mask tensor (4-byte aligned)
-FIELD_ROWS = 1  # pixel rows H (1 in flat mode)
-FIELD_PITCH = 2  # pixels per row W (H·W in flat mode)
-FIELD_TOP = 3  # window origin (may be negative: pad-to-square)
-FIELD_LEFT = 4
-FIELD_WIN_H = 5  # window size in pixels
-FIELD_WIN_W = 6
-FIELD_SLOTS_PER_MASK = 7  # pixel slots between consecutive masks (bytes, or bits if packed)
-FIELD_AREA_LO = 8  # bins of this area use THR_LO, the others THR_HI
-FIELD_THR_LO = 9
-FIELD_THR_HI = 10
-NUM_FIELDS = 11
+FIELD_BASE = tl.constexpr(0)  # data_ptr of the image's mask tensor (4-byte aligned)
+FIELD_ROWS = tl.constexpr(1)  # pixel rows H (1 in flat mode)
+FIELD_PITCH = tl.constexpr(2)  # pixels per row W (H·W in flat mode)
+FIELD_TOP = tl.constexpr(3)  # window origin (may be negative: pad-to-square)
+FIELD_LEFT = tl.constexpr(4)
+FIELD_WIN_H = tl.constexpr(5)  # window size in pixels
+FIELD_WIN_W = tl.constexpr(6)
+FIELD_SLOTS_PER_MASK = tl.constexpr(7)  # pixel slots between consecutive masks (bytes, or bits if packed)
+FIELD_AREA_LO = tl.constexpr(8)  # bins of this area use THR_LO, the others THR_HI
+FIELD_THR_LO = tl.constexpr(9)
+FIELD_THR_HI = tl.constexpr(10)
+NUM_FIELDS = tl.constexpr(11)
 
 
 @triton.jit
 def _word_count(word, PACKED: tl.constexpr):
-    """Set pixels in each 32-bit word: a byte sum for 0/1 bytes, a bit count if packed."""
+    """Set pixels in each 32-bit word: a bit count if packed; for bytes, the number of
+    non-zero bytes (a bool tensor may hold bytes other than 0/1: any non-zero byte is one
+    pixel)."""
     w = word.to(tl.uint32, bitcast=True)
     if PACKED:
         w = w - ((w >> 1) & 0x55555555)
         w = (w & 0x33333333) + ((w >> 2) & 0x33333333)
         w = (w + (w >> 4)) & 0x0F0F0F0F
-        return ((w * 0x01010101) >> 24).to(tl.int32)
+    else:
+        w = _nonzero_bytes(w)
     return ((w * 0x01010101) >> 24).to(tl.int32)
+
+
+@triton.jit
+def _nonzero_bytes(w):
+    """Each byte of ``w`` (uint32) replaced by 1 if it is non-zero, else 0."""
+    w = w | (w >> 4)
+    w = w | (w >> 2)
+    w = w | (w >> 1)
+    return w & 0x01010101
 
 
 @triton.jit
@@ -91,18 +103,18 @@ def phi_bins_kernel(
 
     image = tl.load(mask_image_ptr + mask_id).to(tl.int64)
     local = tl.load(mask_local_ptr + mask_id).to(tl.int64)
-    params = image_params_ptr + image * 11
-    base = tl.load(params + 0).to(tl.pointer_type(tl.int32))
-    rows = tl.load(params + 1)
-    pitch = tl.load(params + 2)
-    top = tl.load(params + 3)
-    left = tl.load(params + 4)
-    win_h = tl.load(params + 5)
-    win_w = tl.load(params + 6)
-    slots_per_mask = tl.load(params + 7)
-    area_lo = tl.load(params + 8)
-    thr_lo = tl.load(params + 9)
-    thr_hi = tl.load(params + 10)
+    params = image_params_ptr + image * NUM_FIELDS
+    base = tl.load(params + FIELD_BASE).to(tl.pointer_type(tl.int32))
+    rows = tl.load(params + FIELD_ROWS)
+    pitch = tl.load(params + FIELD_PITCH)
+    top = tl.load(params + FIELD_TOP)
+    left = tl.load(params + FIELD_LEFT)
+    win_h = tl.load(params + FIELD_WIN_H)
+    win_w = tl.load(params + FIELD_WIN_W)
+    slots_per_mask = tl.load(params + FIELD_SLOTS_PER_MASK)
+    area_lo = tl.load(params + FIELD_AREA_LO)
+    thr_lo = tl.load(params + FIELD_THR_LO)
+    thr_hi = tl.load(params + FIELD_THR_HI)
 
     # Adaptive bins: [floor(i·size/bins), ceil((i+1)·size/bins)) in window coordinates.
     gh = GH.to(tl.int64)
