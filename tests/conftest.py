@@ -1,8 +1,13 @@
 """Shared test set-up.
 
 Without a GPU the Triton kernels run under the interpreter: ``TRITON_INTERPRET=1`` must be
-set before triton is first imported, so it is set here for the whole session. Tests that
-want the Triton path use the ``triton_path`` fixture (``OGKERNELS_FORCE_TRITON=1``).
+set before triton is first imported, so it is set here for the whole session.
+
+Op tests take the ``backend`` fixture (``torch``: the PyTorch path; ``triton``: the kernels —
+under the interpreter on the CPU, natively on CUDA) and build their inputs on the ``device``
+fixture: ``OGKERNELS_TEST_DEVICE`` (default ``cpu``; ``python -m bench.gpu_check`` runs the
+same tests with ``cuda``). ``OGKERNELS_TEST_SCALE`` multiplies the number of hypothesis
+examples (the GPU check raises it).
 """
 
 from __future__ import annotations
@@ -29,6 +34,22 @@ settings.load_profile("ogkernels")
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (still run in CI)")
     config.addinivalue_line("markers", "triton: runs the Triton kernels (interpreter on CPU)")
+
+
+BACKENDS = ("torch", "triton")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch) -> str:
+    """Run the ops through one backend (``OGKERNELS_BACKEND``)."""
+    monkeypatch.setenv("OGKERNELS_BACKEND", request.param)
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where the op tests put their inputs (``OGKERNELS_TEST_DEVICE``, default ``cpu``)."""
+    return torch.device(os.environ.get("OGKERNELS_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture

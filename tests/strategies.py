@@ -25,3 +25,4 @@ def mask_stacks(draw, max_masks: int = 4, max_side: int = 40, min_masks: int = 0
 
 token_counts = st.sampled_from([1, 2, 3, 7, 9, 16, 25, 36, 49, 100, 576, 577, 729])
 grids = st.tuples(st.integers(1, 7), st.integers(1, 7))
+

@@ -1,11 +1,10 @@
-"""downsample_masks (PyTorch path) against the reference operators, and its argument checks.
+"""downsample_masks, the public API: batching, frames, input dtypes and argument checks.
 
-Tolerance: none — Phi is integer arithmetic, every comparison is bit-exact.
+The op itself (every backend against the reference operators) is tested in
+``tests/ops/test_phi.py``. Tolerance: none — Phi is integer arithmetic.
 """
 
 from __future__ import annotations
-
-from fractions import Fraction
 
 import pytest
 import torch
@@ -16,90 +15,19 @@ import ogkernels
 from ogkernels import PackedMasks, downsample_masks
 from ogkernels import reference as R
 
-from .strategies import grids, mask_stacks, token_counts
+from .strategies import mask_stacks, token_counts
 
 
 def reference_flat(masks: torch.Tensor, v: int) -> torch.Tensor:
-    if masks.shape[0] == 0:
-        return torch.zeros(0, v, dtype=torch.bool)
     return torch.stack([R.downsample_mask_to_1d_counts(m, v) for m in masks])
-
-
-def exact_flat(masks: torch.Tensor, v: int, alpha: float) -> torch.Tensor:
-    """Phi_alpha by its definition, in exact rationals: keep iff S·N >= alpha·L·V."""
-    n_pixels = masks.shape[1] * masks.shape[2]
-    flat = masks.reshape(masks.shape[0], n_pixels).to(torch.int64)
-    out = torch.zeros(masks.shape[0], v, dtype=torch.bool)
-    for j in range(v):
-        s, e = R.adaptive_bin(j, n_pixels, v)
-        sums = flat[:, s:e].sum(1).tolist()
-        for i, total in enumerate(sums):
-            out[i, j] = total * n_pixels >= Fraction(alpha) * (e - s) * v
-    return out
-
-
-@settings(max_examples=300)
-@given(masks=mask_stacks(), v=token_counts)
-def test_flat_matches_reference_bit_exact(masks, v):
-    expected = reference_flat(masks, v)
-    assert torch.equal(downsample_masks(masks, v), expected)
-    assert torch.equal(downsample_masks(PackedMasks.from_dense(masks), v), expected)
-
-
-@settings(max_examples=150)
-@given(
-    masks=mask_stacks(max_side=24),
-    v=st.sampled_from([1, 5, 9, 16, 64, 100]),
-    alpha=st.sampled_from([0.1, 0.25, 1 / 3, 0.5, 0.75, 1.0, 1.5, 2.0, 7.0]),
-)
-def test_flat_any_alpha_matches_exact_rule(masks, v, alpha):
-    expected = exact_flat(masks, v, alpha)
-    assert torch.equal(downsample_masks(masks, v, alpha=alpha), expected)
-    assert torch.equal(downsample_masks(PackedMasks.from_dense(masks), v, alpha=alpha), expected)
-
-
-@settings(max_examples=200)
-@given(
-    masks=mask_stacks(max_side=30),
-    grid=grids,
-    alpha=st.sampled_from([0.5, 1, 2, 3.5, 10]),
-    frame=st.sampled_from(["none", "pad", "crop"]),
-)
-def test_patch_matches_2d_oracle(masks, grid, alpha, frame):
-    expected = torch.stack(
-        [R.downsample_mask_2d_counts(m, grid, alpha, frame) for m in masks]
-    ) if masks.shape[0] else torch.zeros(0, grid[0] * grid[1], dtype=torch.bool)
-    got = downsample_masks(masks, grid, alpha=alpha, mode="patch", frame=frame)
-    assert torch.equal(got, expected)
-    packed = downsample_masks(PackedMasks.from_dense(masks), grid, alpha=alpha, mode="patch", frame=frame)
-    assert torch.equal(packed, expected)
 
 
 @settings(max_examples=60)
 @given(images=st.lists(mask_stacks(max_masks=3, max_side=20), min_size=1, max_size=4), v=token_counts)
 def test_batch_of_images_is_the_concatenation(images, v):
     mixed = [PackedMasks.from_dense(m) if i % 2 else m for i, m in enumerate(images)]
-    expected = torch.cat([reference_flat(m, v) for m in images])
+    expected = torch.cat([reference_flat(m, v) if m.shape[0] else torch.zeros(0, v, dtype=torch.bool) for m in images])
     assert torch.equal(downsample_masks(mixed, v), expected)
-
-
-@pytest.mark.parametrize("shape, bins", [((300, 400), 9), ((333, 517), 7), ((64, 64), 1), ((5, 7), 100)])
-@pytest.mark.parametrize("density", [0.3, 1.0])
-def test_flat_counts_are_exact_for_long_bins_and_full_masks(shape, bins, density):
-    # bins of up to 20,000 px: several byte-lane chunks per part; full masks fill every lane
-    from ogkernels.ops.phi_torch import flat_counts
-
-    torch.manual_seed(0)
-    masks = torch.rand(2, *shape) < density
-    n_pixels = shape[0] * shape[1]
-    flat = masks.reshape(2, n_pixels).to(torch.int64)
-    expected = torch.tensor(
-        [[int(row[R.adaptive_bin(j, n_pixels, bins)[0] : R.adaptive_bin(j, n_pixels, bins)[1]].sum()) for j in range(bins)] for row in flat]
-    )
-    dense = flat_counts(masks.reshape(-1).view(torch.uint8), False, 2, n_pixels, n_pixels, bins)
-    packed = PackedMasks.from_dense(masks)
-    bits = flat_counts(packed.bits.reshape(-1), True, 2, 8 * packed.bits.shape[1], n_pixels, bins)
-    assert torch.equal(dense, expected) and torch.equal(bits, expected)
 
 
 def test_spatial_meaning_of_patch_mode():
@@ -122,15 +50,6 @@ def test_pad_frame_matches_padded_copy():
     padded[:, 10:40] = masks  # expand2square: (50 - 30) // 2 rows on top
     got = downsample_masks(masks, (7, 7), mode="patch", frame="pad")
     assert torch.equal(got, downsample_masks(padded, (7, 7), mode="patch"))
-
-
-def test_real_sam2_masks_flat_and_packed(sav_frames):
-    dense, _ = sav_frames  # SA-V annotations (Meta, CC BY 4.0)
-    masks = torch.from_numpy(dense[0])
-    for v in (576, 729):
-        expected = reference_flat(masks, v)
-        assert torch.equal(downsample_masks(masks, v), expected)
-        assert torch.equal(downsample_masks(PackedMasks.from_dense(masks), v), expected)
 
 
 def test_uint8_and_float_masks_accepted():
