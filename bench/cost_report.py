@@ -12,7 +12,7 @@ image at 336×336) and bf16 features, :func:`cost_record` returns:
   and for our PyTorch path; our CUDA path's design bytes (Φ kernel + the two token-plan
   kernels + global mean + ``gather_rows``); the minimum (masks + features read once,
   ``T × F`` written once); the reference's analytic sync count ``2B + 1 + (4…5)·M`` of
-  ``reference-og-fusion.md`` §10 (``M`` = kept masks).
+  ``ogkernels/reference/BEHAVIOUR.md`` §10 (``M`` = kept masks).
 * ``projector``: rows, FLOPs and bytes of the ``mlp2x_gelu`` projector at ``D = 4096`` —
   the reference projects ``B·L_max`` rows (pad rows included), ours ``T`` rows or, with
   project-then-gather, ``B·(V+1)+1`` rows (``OGFusion._project_first`` decides) plus a
@@ -92,7 +92,7 @@ def count(fn, *args, **kwargs):
 
 
 def reference_sync_range(batch: int, kept_masks: int) -> tuple[int, int]:
-    """``reference-og-fusion.md`` §10: ≈ ``2B + 1 + (4…5)·M`` syncs for the connector."""
+    """``ogkernels/reference/BEHAVIOUR.md`` §10: ≈ ``2B + 1 + (4…5)·M`` syncs for the connector."""
     return 2 * batch + 1 + 4 * kept_masks, 2 * batch + 1 + 5 * kept_masks
 
 

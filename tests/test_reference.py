@@ -1,4 +1,4 @@
-"""The reference pins the worked examples of reference-og-fusion.md (§2, §3, §7)."""
+"""The reference pins the worked examples of ogkernels/reference/BEHAVIOUR.md (§2, §3, §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The faithful, slow reference implementation of OG-Fusion (``reference-og-fusion.md``).
+"""The faithful, slow reference implementation of OG-Fusion (``ogkernels/reference/BEHAVIOUR.md``).
 
 The oracle of the tests and the baseline of the benchmarks. Nothing here is optimised.
 """

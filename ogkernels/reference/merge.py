@@ -1,4 +1,4 @@
-"""The reference merge of visual tokens into the text sequence (``reference-og-fusion.md`` §9).
+"""The reference merge of visual tokens into the text sequence (``ogkernels/reference/BEHAVIOUR.md`` §9).
 
 ``prepare_inputs_labels_for_multimodal`` written plainly, step by step as §9 describes, with the
 same Python loops and per-sample host reads as the reference. It is the oracle of the

@@ -1,6 +1,6 @@
 """The reference OG-Fusion connector, faithful and deliberately plain.
 
-Implements ``reference-og-fusion.md`` §2–§8 the way the reference code base runs them: a Python
+Implements ``ogkernels/reference/BEHAVIOUR.md`` §2–§8 the way the reference code base runs them: a Python
 loop over images, per-image device→host copies of the full-resolution masks, Φ on the CPU one
 mask at a time, per-mask host→device copies, boolean-index gathers, ``torch.cat``, float32
 zero padding of the batch, then the projector over every row (pad rows included).
