@@ -105,13 +105,17 @@ def test_capped_batch_needs_no_host_sync(triton_path):
         out = og_tokens(features, masks, bom, max_batch_tokens=40)
     assert counter.syncs == 0, dict(counter.sync_ops)
     assert out.values.shape[0] == 40 and int(out.cu_seqlens[-1]) <= 40
-    fusion = OGFusion(8, 12, gate=False, max_image_tokens=20)
+    fusion = OGFusion(8, 12, max_image_tokens=20)  # the batch gate is evaluated on the device
     with HostSyncCounter() as counter:
         projected = fusion(features, masks)
     assert counter.syncs == 0, dict(counter.sync_ops)
     assert projected.values.shape == (40, 12)
     used = int(projected.cu_seqlens[-1])
     assert not projected.values[used:].any()
+    for unbounded in (lambda: og_tokens(features, masks, bom), lambda: OGFusion(8, 12)(features, masks)):
+        with HostSyncCounter() as counter:
+            unbounded()
+        assert counter.syncs == 1, dict(counter.sync_ops)  # the documented read of the total length
 
 
 def test_budget_argument_errors():
