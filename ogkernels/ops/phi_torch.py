@@ -60,13 +60,14 @@ def prefix_bits(packed: bool, device: torch.device) -> torch.Tensor:
     return resident(_prefix_bits(packed), torch.int64, device, key=("phi prefix bits", packed))
 
 
-def nonzero_bytes(x: torch.Tensor) -> torch.Tensor:
-    """Each byte lane of int64 ``x`` replaced by 1 if it is non-zero, else 0 (a dense mask's
-    bytes may be any non-zero value: each is one pixel)."""
-    x = x | (x >> 4)
-    x = x | (x >> 2)
-    x = x | (x >> 1)
-    return x & ONES_8
+def zero_one_bytes(stream: torch.Tensor) -> torch.Tensor:
+    """A dense mask stream (uint8) with every non-zero byte made 1 (a bool tensor may hold
+    other bytes: each non-zero one is a pixel). On the CPU one read checks whether any byte
+    needs it; on other devices the rewrite runs unconditionally (no host read)."""
+    if stream.device.type == "cpu":
+        if stream.numel() == 0 or int(stream.max()) <= 1:
+            return stream
+    return (stream != 0).view(torch.uint8)
 
 
 class WordStream:
@@ -83,8 +84,7 @@ class WordStream:
             padded = torch.zeros((stream.numel() + 7) // 8 * 8, dtype=torch.uint8, device=stream.device)
             padded[: stream.numel()] = stream
             stream = padded
-        words = stream.view(torch.int64)
-        self.words = words if packed else nonzero_bytes(words)
+        self.words = stream.view(torch.int64)
         self.lanes = byte_popcounts(self.words) if packed else self.words
         self.bits = prefix_bits(packed, stream.device)
 
@@ -148,7 +148,7 @@ def flat_counts(
         n_pixels, bins: ``N = H·W`` and ``V``.
     """
     device = stream.device
-    words = WordStream(stream, packed)
+    words = WordStream(stream if packed else zero_one_bytes(stream), packed)
     cuts, overlapped = _cuts(n_pixels, bins)
     # Part j of mask m: pixels [P_j, P_{j+1}), P_j = m·slots + floor(jN/V) (host integers:
     # they fix the window widths).
