@@ -7,8 +7,12 @@ Real masks: ``sav_000001_auto.json``, the automatic masklets of SA-V video ``sav
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +269,127 @@ def test_writer_rejects_bad_input(tmp_path):
         MaskStoreWriter(tmp_path, writer_id="../x")
 
 
+# --------------------------------------------------------------------------- concurrent writers
+
+def _fork(target, *args) -> "multiprocessing.Process":
+    """Run ``target(*args)`` in a forked process (torch is imported already: no start-up cost)."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=target, args=args)
+    proc.start()
+    return proc
+
+
+def _wait_for(path: Path, proc, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not proc.is_alive() or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{path} never appeared (exit code {proc.exitcode})")
+        time.sleep(0.01)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temps_only_of_dead_writers_of_this_host_are_removed(tmp_path, monkeypatch):
+    from ogkernels.masks import atomic
+
+    monkeypatch.setattr(atomic.socket, "gethostname", lambda: "node.a")
+    shards = tmp_path / SHARD_DIR
+    shards.mkdir(parents=True)
+    dead, alive = _dead_pid(), os.getpid()
+    names = {
+        "this host, dead writer": (f".tmp-w-x-000000.safetensors.node_a.{dead}.abcd1234", False),
+        "this host, live writer": (f".tmp-w-x-000001.safetensors.node_a.{alive}.abcd1234", True),
+        "other host, a pid dead here": (f".tmp-w-x-000002.safetensors.node_b.{dead}.abcd1234", True),
+        "other host, a pid alive here": (f".tmp-w-x-000003.safetensors.node_b.{alive}.abcd1234", True),
+        "unknown form": (".tmp-whatever", True),
+    }
+    for name, _ in names.values():
+        (shards / name).write_bytes(b"partial")
+    MaskStoreWriter(tmp_path, writer_id="other")  # any writer cleans up dead writers of its host
+    for what, (name, kept) in names.items():
+        assert (shards / name).exists() == kept, what
+
+
+def _far_writer(root: Path, dead_pid: int) -> None:
+    """A writer on another host: another host name, and a pid that means nothing here
+    (dead here); it stops half-way through its shard until told to go on."""
+    import ogkernels.masks.format as fmt
+    from ogkernels.masks import atomic
+
+    atomic.socket.gethostname = lambda: "far-away"
+    atomic.os.getpid = lambda: dead_pid
+    real = fmt.atomic_write
+
+    def slow(path, write):
+        def halting(handle):
+            handle.write(b"x")
+            handle.flush()
+            (root / "started").touch()
+            while not (root / "go").exists():
+                time.sleep(0.01)
+            handle.seek(0)
+            write(handle)
+
+        return real(path, halting)
+
+    fmt.atomic_write = slow
+    with MaskStoreWriter(root / "store", writer_id="rank0") as writer:  # the same id as the writer here
+        writer.add("far.jpg", np.ones((1, 3, 3), dtype=bool))
+
+
+def test_writer_on_another_host_keeps_its_temp_file(tmp_path):
+    """While a writer of another host is mid-write, a writer starts here: the other's
+    temporary file must survive (a pid-only check would see a dead pid and delete it)."""
+    proc = _fork(_far_writer, tmp_path, _dead_pid())
+    try:
+        _wait_for(tmp_path / "started", proc)
+        temps = list((tmp_path / "store" / SHARD_DIR).glob(".tmp-*"))
+        assert len(temps) == 1 and ".far-away." in temps[0].name
+        with MaskStoreWriter(tmp_path / "store", writer_id="rank0") as writer:
+            writer.add("here.jpg", np.zeros((1, 3, 3), dtype=bool))
+        assert temps[0].exists(), "a writer deleted the in-flight temporary file of another host"
+    finally:
+        (tmp_path / "go").touch()
+        proc.join(60)
+    assert proc.exitcode == 0
+    store = MaskStore(tmp_path / "store", verify=True)
+    assert sorted(store.keys()) == ["far.jpg", "here.jpg"] and store["far.jpg"].unpack().all()
+
+
+def _part_writer(root: Path, part: int) -> None:
+    with MaskStoreWriter(root, writer_id=f"rank{part}", shard_size=1) as writer:
+        for i in range(40):
+            writer.add(f"p{part}/{i}.jpg", np.full((2, 5, 7), (i + part) % 2, dtype=bool))
+
+
+def test_concurrent_writer_processes_leave_a_readable_store(tmp_path):
+    """Two processes write disjoint keys into one store, one shard per image, while this
+    process keeps refreshing a reader: every shard it sees is complete."""
+    MaskStoreWriter(tmp_path)  # the manifest, before the race
+    procs = [_fork(_part_writer, tmp_path, part) for part in (0, 1)]
+    store = MaskStore(tmp_path, verify=True)
+    seen = 0
+    while any(p.is_alive() for p in procs):
+        store.refresh()
+        assert len(store) >= seen
+        seen = len(store)
+        store.load_batch(store.keys())  # every indexed record reads back, checksums and all
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    store.refresh()
+    assert len(store) == 80 and not store.duplicate_keys and len(store.shards) == 80
+    for key in store.keys():
+        part, i = int(key[1]), int(key.split("/")[1][:-4])
+        assert bool(store[key].unpack().all()) == bool((i + part) % 2)
+
+
 # --------------------------------------------------------------------------- bad stores
 
 
@@ -291,7 +416,7 @@ def test_newer_shard_version_is_refused(tmp_path):
     shard = _store_with_one_image(tmp_path)
     raw = shard.read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
-    header = raw[8 : 8 + length].replace(b'"format_version":"1"', b'"format_version":"7"')
+    header = raw[8 : 8 + length].replace(f'"format_version":"{FORMAT_VERSION}"'.encode(), b'"format_version":"7"')
     shard.write_bytes(raw[:8] + header + raw[8 + length :])
     with pytest.raises(MaskStoreVersionError, match="version 7") as info:
         MaskStore(tmp_path)
@@ -330,19 +455,31 @@ def test_checksum_catches_flipped_bits(tmp_path):
     assert str(shard) in str(info.value) and "'a.jpg'" in str(info.value)
 
 
-def test_duplicate_key_in_two_shards_is_named(tmp_path):
+def test_duplicate_keys_are_a_documented_outcome(tmp_path):
+    """Same record twice: harmless; different records: the first is used, with a warning;
+    duplicates='error' refuses; `verify` fails on the differing ones only."""
+    from ogkernels.masks.__main__ import main
+
     for writer_id in ("rank0", "rank1"):
         with MaskStoreWriter(tmp_path, writer_id=writer_id) as writer:
             writer.add("same.jpg", np.ones((1, 2, 2), dtype=bool))
-    with pytest.raises(MaskStoreError, match="'same.jpg'.*also stored in") as info:
-        MaskStore(tmp_path)
-    assert str(info.value).count("rank0-") == 1 and str(info.value).count("rank1-") == 1
+    store = MaskStore(tmp_path)
+    assert store.keys() == ["same.jpg"] and store.conflicting_keys == []
+    assert [p.name[:6] for p in store.duplicate_keys["same.jpg"]] == ["rank0-", "rank1-"]
+    assert main(["verify", str(tmp_path)]) == 0
     with MaskStoreWriter(tmp_path, writer_id="rank2") as writer:
+        writer.add("same.jpg", np.zeros((2, 2, 2), dtype=bool))
         writer.add("other.jpg", np.zeros((2, 2, 2), dtype=bool))
-    first = MaskStore(tmp_path, duplicates="first")
+    with pytest.warns(UserWarning, match="different records.*'same.jpg'"):
+        first = MaskStore(tmp_path)
     assert first.keys() == ["same.jpg", "other.jpg"] and len(first) == 2
-    assert first.info("same.jpg").shard.name.startswith("rank0-")
+    assert first.info("same.jpg").shard.name.startswith("rank0-") and first["same.jpg"].shape == (1, 2, 2)
+    assert first.conflicting_keys == ["same.jpg"] and len(first.duplicate_keys["same.jpg"]) == 3
     assert first["other.jpg"].shape == (2, 2, 2)
+    with pytest.raises(MaskStoreError, match="'same.jpg'.*also stored in") as info:
+        MaskStore(tmp_path, duplicates="error")
+    assert str(info.value).count("rank0-") == 1 and str(info.value).count("rank1-") == 1
+    assert main(["verify", str(tmp_path)]) == 1
 
 
 def test_shards_are_plain_safetensors(tmp_path):
@@ -377,7 +514,7 @@ def test_command_line_info_and_verify(tmp_path, capsys):
     raw[header.tensors["data"].begin + 3] ^= 0x01
     shard.write_bytes(bytes(raw))
     assert main(["verify", str(tmp_path)]) == 1
-    assert f"FAILED {shard}: image 'a.jpg': checksum mismatch" in capsys.readouterr().err
+    assert f"FAILED {shard}: image 'a.jpg': field 'crc32': checksum mismatch" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "nope")]) == 2
 
 

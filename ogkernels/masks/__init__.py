@@ -8,10 +8,17 @@
 * :func:`run_mask_job`: the resumable, sharded mask-generation loop behind
   ``python -m integration.sam2_mask_job``.
 * ``python -m ogkernels.masks {import,info,verify}``: the command line.
+
+Untrusted input: keys follow one grammar (:mod:`~ogkernels.masks.keys`), only regular files
+are opened and dataset paths stay inside their root (:mod:`~ogkernels.masks.files`), every
+shard header is checked on open (:mod:`~ogkernels.masks.shard_index`), and concurrent jobs
+are coordinated by locks (:mod:`~ogkernels.masks.locks`).
 """
 
 from .errors import MaskFileError, MaskStoreError, MaskStoreVersionError
 from .format import FORMAT_VERSION
+from .keys import check_key, key_problem
+from .locks import StoreLock, job_lock_name
 from .importer import (
     ImportReport,
     ReferenceImage,
@@ -50,9 +57,13 @@ __all__ = [
     "MaskStoreVersionError",
     "MaskStoreWriter",
     "ReferenceImage",
+    "StoreLock",
+    "check_key",
     "decode_rle",
     "encode_rle",
     "import_reference_layout",
+    "job_lock_name",
+    "key_problem",
     "list_image_folder",
     "list_llava_json",
     "masks_from_sam2",

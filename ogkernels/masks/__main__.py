@@ -1,9 +1,10 @@
 """Command line: ``python -m ogkernels.masks {import,info,verify} ...``.
 
 * ``import SRC STORE``: convert the reference layout (``SRC/partition_*/<key>/mask_<i>.npy``).
-* ``info STORE``: images, masks, shards and bytes of a store.
-* ``verify STORE [--image-root DIR]``: read every record with CRC checks (and compare the
-  recorded sizes with the images' when ``--image-root`` is given).
+* ``info STORE``: images, masks, shards and bytes of a store, duplicate keys, leftovers.
+* ``verify STORE [--image-root DIR]``: read every record with its CRC checked (and compare
+  the recorded sizes with the images' when ``--image-root`` is given; images outside the
+  root are refused); duplicate keys whose records differ are problems too.
 
 Exit status: 0 fine, 1 some images failed, 2 unusable arguments or store.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .atomic import TEMP_PREFIX
 from .errors import MaskStoreError
-from .images import read_image_size
+from .format import SHARD_DIR
+from .images import image_path, read_image_size
 from .importer import import_reference_layout
 from .reader import MaskStore
 from .report import MaskFailure
@@ -42,7 +46,9 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    store = MaskStore(args.store)
+    with warnings.catch_warnings():  # duplicates are summarised below
+        warnings.simplefilter("ignore", UserWarning)
+        store = MaskStore(args.store)
     keys = store.keys()
     infos = [store.info(k) for k in keys]
     size = sum(p.stat().st_size for p in store.shards)
@@ -54,20 +60,32 @@ def _info(args: argparse.Namespace) -> int:
         if count:
             print(f"  {encoding}: {count} images")
     print(f"  zero-mask images: {sum(i.num_masks == 0 for i in infos)}; with metadata: {sum(i.has_metadata for i in infos)}")
+    if store.duplicate_keys:
+        print(f"  duplicate keys: {len(store.duplicate_keys)}, {len(store.conflicting_keys)} of them with differing "
+              "records (the record indexed first is used; `verify` lists them)")
+    leftovers = list((store.root / SHARD_DIR).glob(f"{TEMP_PREFIX}*"))
+    if leftovers:
+        print(f"  temporary files: {len(leftovers)} (in-flight writes, or leftovers of killed writers)")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    store = MaskStore(args.store, verify=True)
+    with warnings.catch_warnings():  # differing duplicates are listed below
+        warnings.simplefilter("ignore", UserWarning)
+        store = MaskStore(args.store, verify=True)
     failures: list[MaskFailure] = []
+    for key in store.conflicting_keys:
+        kept, *others = store.duplicate_keys[key]
+        failures.append(MaskFailure(key, str(kept), f"also stored, with a different record, in "
+                                                    f"{', '.join(map(str, others))}; this record is used"))  # fmt: skip
     for key in store.keys():
         info = store.info(key)
         try:
             store.get(key)
             if args.image_root is not None:
-                size = read_image_size(args.image_root / key, key)
+                size = read_image_size(args.image_root, key)
                 if size != (info.height, info.width):
-                    failures.append(MaskFailure(key, str(args.image_root / key),
+                    failures.append(MaskFailure(key, str(image_path(args.image_root, key)),
                                                 f"masks of (height, width) {(info.height, info.width)} in {info.shard}, the image is {size}"))  # fmt: skip
         except MaskStoreError as exc:
             failures.append(MaskFailure.from_exception(key, exc.path, exc))

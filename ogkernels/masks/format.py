@@ -1,38 +1,55 @@
-"""On-disk format of the mask store (version 1): directory layout, manifest and shard files.
+"""On-disk format of the mask store (version 2; version 1 stores stay readable).
 
 Layout::
 
-    <root>/store.json                  manifest: {"format": "ogkernels.mask_store",
-                                                  "format_version": 1, "created_by": ...}
-    <root>/shards/<name>.safetensors   immutable shards, each written atomically
-    <root>/shards/.tmp-*               leftovers of killed writers, ignored by readers
+    <root>/store.json                    manifest: {"format": "ogkernels.mask_store",
+                                                    "format_version": 2, "created_by": ...}
+    <root>/shards/<name>.safetensors     mask shards: immutable, each written atomically
+    <root>/bitmaps/<params>/params.json  one folder per Phi parameter set (grid, alpha, mode, frame)
+    <root>/bitmaps/<params>/<name>.safetensors   bitmap shards (see ogkernels.masks.bitmap_store)
+    <root>/locks/                        job locks (see ogkernels.masks.locks)
+    .tmp-*                               leftovers of killed writers, ignored by readers
 
-A shard is a `safetensors <https://github.com/huggingface/safetensors>`_ file (so any
-safetensors reader can open it; nothing is pickled): an 8-byte little-endian header length,
-a UTF-8 JSON header, then the tensor bytes. Its ``__metadata__`` holds
+A shard is a `safetensors <https://github.com/huggingface/safetensors>`_ file (any
+safetensors reader opens it; nothing is pickled): an 8-byte little-endian header length, a
+UTF-8 JSON header, then the tensor bytes back to back. Its ``__metadata__`` holds
 
-* ``format``: ``"ogkernels.mask_store.shard"``, ``format_version``: ``"1"``;
+* ``format``: ``"ogkernels.mask_store.shard"``, ``format_version``: ``"2"`` (or ``"1"``);
 * ``index``: a JSON object of per-image columns (one entry per image, ``I`` images):
-  ``keys`` (str), ``height``, ``width``, ``num_masks``, ``encoding`` (``"packbits"`` or
-  ``"rle"``), ``order`` (how the masks were ordered: ``"lexicographic"``, ``"numeric"`` or
-  ``"given"``), ``data_offset``/``data_nbytes`` (the image's byte range in ``data``),
-  ``mask_start`` (its first row in the per-mask tensors), ``has_metadata`` (0/1) and
-  ``crc32`` (of its ``data`` bytes).
+  ``keys`` (str, the grammar of :mod:`ogkernels.masks.keys`), ``height``, ``width``,
+  ``num_masks``, ``encoding`` (``"packbits"`` or ``"rle"``), ``order`` (``"lexicographic"``,
+  ``"numeric"`` or ``"given"``), ``data_offset``/``data_nbytes`` (the image's byte range in
+  ``data``), ``mask_start`` (its first row in the per-mask tensors), ``has_metadata`` (0/1),
+  ``desc_crc32`` and ``crc32`` (below);
+* ``tensor_crc32`` (version 2): a JSON object, the CRC-32 of each tensor but ``data``.
 
 and the tensors (``M`` = masks in the shard, image ``i`` owns rows
 ``mask_start[i] : mask_start[i] + num_masks[i]``):
 
-* ``data`` ``U8 (D,)``: the image records back to back. A ``packbits`` record is the
-  ``(N, ceil(H·W/8))`` bytes of :class:`ogkernels.PackedMasks` (row-major flattened masks,
-  MSB first, ``numpy.packbits`` order); an ``rle`` record is the COCO compressed-RLE
-  ``counts`` strings (ASCII, column-major RLE as pycocotools writes it) of its masks, back to back.
+* ``data`` ``U8 (D,)``: the image records back to back, in index order. A ``packbits``
+  record is the ``(N, ceil(H·W/8))`` bytes of :class:`ogkernels.PackedMasks` (row-major
+  flattened masks, MSB first, ``numpy.packbits`` order); an ``rle`` record is the COCO
+  compressed-RLE ``counts`` strings (ASCII, column-major, as pycocotools writes them) of its
+  masks, back to back.
 * ``mask_nbytes`` ``I64 (M,)``: bytes of each mask inside its record.
 * SAM2 metadata, meaningful where ``has_metadata``: ``area`` ``I64 (M,)``, ``bbox``
   ``F64 (M, 4)`` (XYWH), ``predicted_iou`` ``F64 (M,)``, ``stability_score`` ``F64 (M,)``,
   ``point_coords`` ``F64 (M, 2)`` (x, y), ``crop_box`` ``F64 (M, 4)`` (XYWH).
 
-Readers refuse a manifest or shard whose ``format_version`` is newer than
-:data:`FORMAT_VERSION`.
+Checksums (CRC-32, ``zlib.crc32``), version 2:
+
+* ``desc_crc32`` covers the record's descriptor — key, height, width, num_masks, encoding,
+  order, has_metadata, data_nbytes (:func:`ogkernels.masks.shard_index.mask_descriptor`);
+  checked for every record whenever a shard is opened.
+* ``crc32`` covers the descriptor and then the record's ``data`` bytes (the CRC of the
+  descriptor continued over the data); checked on read with ``verify=True`` and by
+  ``python -m ogkernels.masks verify``.
+* ``tensor_crc32`` covers ``mask_nbytes`` and the metadata tensors; checked whenever they are read.
+
+In version 1 ``crc32`` covers the data bytes only, and there is neither ``desc_crc32`` nor
+``tensor_crc32``. Readers check every header on open whatever the version (see
+:mod:`ogkernels.masks.shard_index`) and refuse a manifest or shard whose ``format_version``
+is newer than :data:`FORMAT_VERSION`.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Mapping
@@ -48,47 +66,76 @@ import numpy as np
 
 from .atomic import atomic_create, atomic_write
 from .errors import MaskStoreError, MaskStoreVersionError
+from .files import open_regular, read_regular
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STORE_FORMAT = "ogkernels.mask_store"
-SHARD_FORMAT = "ogkernels.mask_store.shard"
 MANIFEST_NAME = "store.json"
 SHARD_DIR = "shards"
 SHARD_SUFFIX = ".safetensors"
+MAX_HEADER_BYTES = 100_000_000
+MAX_MANIFEST_BYTES = 1 << 20
 
-ENCODINGS = ("packbits", "rle")
-ORDERS = ("lexicographic", "numeric", "given")
-INDEX_COLUMNS = (
-    "keys", "height", "width", "num_masks", "encoding", "order",
-    "data_offset", "data_nbytes", "mask_start", "has_metadata", "crc32",
-)  # fmt: skip
-_INT_COLUMNS = (
-    "height", "width", "num_masks", "data_offset", "data_nbytes", "mask_start", "has_metadata", "crc32",
-)  # fmt: skip
-METADATA_FIELDS = ("area", "bbox", "predicted_iou", "stability_score", "point_coords", "crop_box")
-TENSOR_NAMES = ("data", "mask_nbytes") + METADATA_FIELDS
-TENSOR_DTYPES = {
-    "data": np.dtype("<u1"), "mask_nbytes": np.dtype("<i8"), "area": np.dtype("<i8"),
-    "bbox": np.dtype("<f8"), "predicted_iou": np.dtype("<f8"), "stability_score": np.dtype("<f8"),
-    "point_coords": np.dtype("<f8"), "crop_box": np.dtype("<f8"),
-}  # fmt: skip
-TENSOR_TAIL = {"bbox": (4,), "point_coords": (2,), "crop_box": (4,)}
 _ST_DTYPES = {"U8": np.dtype("<u1"), "I64": np.dtype("<i8"), "F64": np.dtype("<f8")}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
-MAX_HEADER_BYTES = 100_000_000
 
 
-def _check_version(path: Path, found: object, what: str) -> None:
+@dataclass(frozen=True)
+class ShardKind:
+    """The tensors of one kind of shard: ``name -> (dtype, trailing shape)``, in file order.
+
+    ``record_tensors`` are covered by the per-record checksums; every other tensor by
+    ``tensor_crc32``.
+    """
+
+    format: str
+    tensors: Mapping[str, tuple[np.dtype, tuple[int, ...]]]
+    record_tensors: tuple[str, ...]
+
+
+METADATA_FIELDS = ("area", "bbox", "predicted_iou", "stability_score", "point_coords", "crop_box")
+MASK_SHARD = ShardKind(
+    "ogkernels.mask_store.shard",
+    {
+        "data": (np.dtype("<u1"), ()), "mask_nbytes": (np.dtype("<i8"), ()), "area": (np.dtype("<i8"), ()),
+        "bbox": (np.dtype("<f8"), (4,)), "predicted_iou": (np.dtype("<f8"), ()),
+        "stability_score": (np.dtype("<f8"), ()), "point_coords": (np.dtype("<f8"), (2,)),
+        "crop_box": (np.dtype("<f8"), (4,)),
+    },  # fmt: skip
+    ("data",),
+)
+TENSOR_NAMES = tuple(MASK_SHARD.tensors)
+
+
+def check_version(path: Path, found: object, what: str) -> int:
+    """The integer ``format_version`` (``"2"`` or ``2``), or a :class:`MaskStoreError`."""
     if isinstance(found, str) and found.isdigit():
         found = int(found)
     if isinstance(found, bool) or not isinstance(found, int) or found < 1:
-        raise MaskStoreError(path, f"{what}: expected an int format_version >= 1, got {found!r}")
+        raise MaskStoreError(path, f"{what}: field 'format_version': expected an int >= 1, got {found!r}")
     if found > FORMAT_VERSION:
         raise MaskStoreVersionError(
             path,
             f"{what} written by mask store format version {found}, but this ogkernels reads "
             f"versions <= {FORMAT_VERSION}; upgrade ogkernels to read it",
         )
+    return found
+
+
+def _strict_object(pairs: list[tuple[str, object]]) -> dict:
+    """``json`` hook: refuse an object that repeats a name (readers would disagree on it)."""
+    out: dict = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"the name {name!r} appears twice in one object")
+        out[name] = value
+    return out
+
+
+def parse_json(data: bytes | str) -> object:
+    """JSON with repeated names refused (``ValueError``, ``UnicodeDecodeError``)."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return json.loads(text, object_pairs_hook=_strict_object)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -102,32 +149,37 @@ def read_manifest(root: str | os.PathLike) -> dict:
     """Read and check ``<root>/store.json``; raises :class:`MaskStoreError` naming it."""
     path = manifest_path(root)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = read_regular(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise MaskStoreError(path, "not a mask store: the manifest file is missing") from None
     except OSError as exc:
-        raise MaskStoreError(path, f"cannot read the manifest: {exc}") from exc
+        raise MaskStoreError(path, f"cannot read the manifest: {exc.strerror or exc}") from exc
     try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
+        manifest = parse_json(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise MaskStoreError(path, f"corrupt manifest (invalid JSON: {exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise MaskStoreError(path, f"expected format {STORE_FORMAT!r}, got {got!r}")
-    _check_version(path, manifest.get("format_version"), "mask store")
+        raise MaskStoreError(path, f"field 'format': expected {STORE_FORMAT!r}, got {got!r}")
+    check_version(path, manifest.get("format_version"), "mask store")
     return manifest
 
 
 def create_manifest(root: str | os.PathLike, created_by: str) -> dict:
     """Create ``root`` and its manifest unless present (race-free), then read it back."""
     root = Path(root)
-    (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    manifest = {"format": STORE_FORMAT, "format_version": FORMAT_VERSION, "created_by": created_by}
-    atomic_create(manifest_path(root), (json.dumps(manifest, indent=1) + "\n").encode())
+    if root.exists() and not root.is_dir():
+        raise MaskStoreError(root, "expected a mask store directory, found a file")
+    try:
+        (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        manifest = {"format": STORE_FORMAT, "format_version": FORMAT_VERSION, "created_by": created_by}
+        atomic_create(manifest_path(root), (json.dumps(manifest, indent=1) + "\n").encode())
+    except OSError as exc:
+        raise MaskStoreError(root, f"cannot create the mask store: {exc.strerror or exc}") from exc
     return read_manifest(root)
 
 
-# --------------------------------------------------------------------------- shards
+# --------------------------------------------------------------------------- shard files
 
 
 @dataclass(frozen=True)
@@ -142,48 +194,67 @@ class TensorSpan:
 
 @dataclass(frozen=True)
 class ShardHeader:
-    """The parsed header of one shard file."""
+    """The parsed header of one shard file (its container checked; see ``read_shard_header``).
+
+    ``identity`` is ``(st_dev, st_ino, st_size, st_mtime_ns)`` when the header was read: a
+    reader refuses to read record bytes from a file that no longer matches it.
+    """
 
     path: Path
-    index: dict  # the per-image columns, see the module docstring
+    version: int
+    meta: dict  # the __metadata__ strings, "index" parsed
+    index: dict  # the per-image columns
     tensors: dict[str, TensorSpan]
     file_size: int
+    identity: tuple[int, int, int, int]
 
     @property
     def num_images(self) -> int:
         return len(self.index["keys"])
 
 
-def write_shard(path: str | os.PathLike, index: Mapping, tensors: Mapping[str, object]) -> Path:
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def write_shard(
+    path: str | os.PathLike,
+    index: Mapping,
+    tensors: Mapping[str, object],
+    kind: ShardKind = MASK_SHARD,
+    meta: Mapping[str, str] | None = None,
+) -> Path:
     """Write one shard atomically (temp file, fsync, rename).
 
-    ``tensors`` maps each of :data:`TENSOR_NAMES` to an array of the documented dtype/shape;
-    ``data`` may also be a list of ``uint8`` chunks (concatenated on the fly, no extra copy).
+    ``tensors`` maps each tensor of ``kind`` to an array of its dtype (trailing shape as
+    documented); ``data`` may also be a list of ``uint8`` chunks (written one by one, no
+    concatenation copy). ``meta``: extra ``__metadata__`` strings.
     """
     entries: dict[str, dict] = {}
     offset = 0
     arrays = []
-    for name in TENSOR_NAMES:
+    crcs: dict[str, int] = {}
+    for name, (dtype, _) in kind.tensors.items():
         value = tensors[name]
-        if name == "data" and isinstance(value, (list, tuple)):  # chunks, written one by one
-            chunks = [np.ascontiguousarray(c, dtype=np.uint8).reshape(-1) for c in value]
+        if isinstance(value, (list, tuple)):  # chunks, written one by one
+            chunks = [np.ascontiguousarray(c, dtype=dtype).reshape(-1) for c in value]
             shape = [sum(c.size for c in chunks)]
         else:
-            chunks = [np.ascontiguousarray(value, dtype=TENSOR_DTYPES[name])]
+            chunks = [np.ascontiguousarray(value, dtype=dtype)]
             shape = list(chunks[0].shape)
         nbytes = sum(c.nbytes for c in chunks)
-        entries[name] = {
-            "dtype": _ST_NAMES[TENSOR_DTYPES[name]],
-            "shape": shape,
-            "data_offsets": [offset, offset + nbytes],
-        }
+        entries[name] = {"dtype": _ST_NAMES[dtype], "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        if name not in kind.record_tensors:
+            crcs[name] = zlib.crc32(b"".join(c.tobytes() for c in chunks))
         offset += nbytes
         arrays.extend(chunks)
     header = {
         "__metadata__": {
-            "format": SHARD_FORMAT,
+            "format": kind.format,
             "format_version": str(FORMAT_VERSION),
             "index": json.dumps(dict(index), separators=(",", ":")),
+            "tensor_crc32": json.dumps(crcs, separators=(",", ":")),
+            **dict(meta or {}),
         },
         **entries,
     }
@@ -204,16 +275,56 @@ def _fail(path: Path, message: str) -> None:
     raise MaskStoreError(path, message)
 
 
-def read_shard_header(path: str | os.PathLike) -> ShardHeader:
-    """Parse and check a shard's header (reads only the header bytes).
+def _is_count(value: object) -> bool:
+    return type(value) is int and value >= 0
 
-    Raises :class:`MaskStoreError` naming the shard if it is truncated or malformed, and
-    :class:`MaskStoreVersionError` if it was written by a newer format version.
+
+def _tensor_spans(path: Path, header: dict, start: int, kind: ShardKind) -> dict[str, TensorSpan]:
+    """The tensor table, checked: known names and dtypes, sizes that match the shapes, and
+    byte ranges that tile the data region exactly in ``kind``'s order (no gap, no overlap)."""
+    names = [n for n in header if n != "__metadata__"]
+    if sorted(names) != sorted(kind.tensors):
+        _fail(path, f"corrupt shard header: expected the tensors {', '.join(kind.tensors)}, got {', '.join(names) or 'none'}")
+    spans: dict[str, TensorSpan] = {}
+    offset = 0
+    for name, (dtype, tail) in kind.tensors.items():
+        entry = header[name]
+        what = f"corrupt shard header: tensor {name!r}"
+        if not isinstance(entry, dict) or _ST_DTYPES.get(entry.get("dtype")) != dtype:
+            _fail(path, f"{what}: field 'dtype': expected {_ST_NAMES[dtype]!r}, got {entry.get('dtype') if isinstance(entry, dict) else entry!r}")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(shape, list) or not all(_is_count(s) for s in shape) or tuple(shape[1:]) != tail or not shape:
+            layout = "(n" + "".join(f", {t}" for t in tail) + ")"
+            _fail(path, f"{what}: field 'shape': expected {layout} with ints >= 0, got {shape!r}")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+            _fail(path, f"{what}: field 'data_offsets': expected two ints >= 0, got {offsets!r}")
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if offsets != [offset, offset + nbytes]:
+            _fail(path, f"{what}: field 'data_offsets': expected {[offset, offset + nbytes]} (tensors back to back, "
+                        f"{nbytes} bytes for shape {shape}), got {offsets}")  # fmt: skip
+        spans[name] = TensorSpan(dtype, tuple(shape), start + offset, start + offset + nbytes)
+        offset += nbytes
+    return spans
+
+
+def read_shard_header(path: str | os.PathLike, kind: ShardKind = MASK_SHARD) -> ShardHeader:
+    """Parse and check a shard's container (reads only the header bytes).
+
+    Checked: a regular file; the header length within the file; valid JSON without repeated
+    names; ``format`` and ``format_version``; exactly ``kind``'s tensors with their dtypes,
+    shapes matching byte counts, tiling the data region up to the end of the file; ``index``
+    a JSON object. The per-image columns are checked by :mod:`ogkernels.masks.shard_index`.
+
+    Raises:
+        MaskStoreError: naming the shard and the field, if it is not a regular file, is
+            truncated or malformed.
+        MaskStoreVersionError: written by a newer format version.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        with open_regular(path) as handle:
+            st = os.fstat(handle.fileno())
+            size = st.st_size
             raw = handle.read(8)
             if len(raw) < 8:
                 _fail(path, f"truncated shard: {size} bytes, shorter than the 8-byte header length")
@@ -222,65 +333,31 @@ def read_shard_header(path: str | os.PathLike) -> ShardHeader:
                 _fail(path, f"truncated or corrupt shard: header length {length}, file size {size}")
             blob = handle.read(length)
     except OSError as exc:
-        raise MaskStoreError(path, f"cannot read the shard: {exc}") from exc
+        raise MaskStoreError(path, f"cannot read the shard: {exc.strerror or exc}") from exc
     try:
-        header = json.loads(blob.decode("utf-8"))
-        meta = header.pop("__metadata__")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as exc:
+        header = parse_json(blob)
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+    except ValueError as exc:
         raise MaskStoreError(path, f"corrupt shard header ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != kind.format:
         got = meta.get("format") if isinstance(meta, dict) else meta
-        _fail(path, f"expected a shard of format {SHARD_FORMAT!r}, got {got!r}")
-    _check_version(path, meta.get("format_version"), "shard")
-    try:
-        index = json.loads(meta["index"])
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise MaskStoreError(path, f"corrupt shard index ({type(exc).__name__}: {exc})") from exc
-    start = 8 + length
-    tensors: dict[str, TensorSpan] = {}
-    for name in TENSOR_NAMES:
-        entry = header.get(name)
+        _fail(path, f"field '__metadata__.format': expected a shard of format {kind.format!r}, got {got!r}")
+    version = check_version(path, meta.get("format_version"), "shard")
+    meta = dict(meta)
+    for name in ("index", "tensor_crc32") if version >= 2 else ("index",):
         try:
-            dtype = _ST_DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
+            meta[name] = parse_json(meta[name])
         except (KeyError, TypeError, ValueError) as exc:
-            raise MaskStoreError(path, f"corrupt shard header: bad or missing tensor {name!r}") from exc
-        if dtype != TENSOR_DTYPES[name] or end - begin != int(np.prod(shape)) * dtype.itemsize:
-            _fail(path, f"corrupt shard header: tensor {name!r} has dtype/shape/size mismatch")
-        tensors[name] = TensorSpan(dtype, shape, start + begin, start + end)
-    end = max((span.end for span in tensors.values()), default=start)
+            raise MaskStoreError(path, f"field '__metadata__.{name}': corrupt ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(meta[name], dict):
+            _fail(path, f"field '__metadata__.{name}': expected a JSON object, got {type(meta[name]).__name__}")
+    tensors = _tensor_spans(path, header, 8 + length, kind)
+    end = max((span.end for span in tensors.values()), default=8 + length)
     if end != size:
         _fail(path, f"truncated or corrupt shard: expected {end} bytes, the file has {size}")
-    _check_index(path, index, tensors)
-    return ShardHeader(path, index, tensors, size)
-
-
-def _check_index(path: Path, index: object, tensors: dict[str, TensorSpan]) -> None:
-    if not isinstance(index, dict) or any(not isinstance(index.get(c), list) for c in INDEX_COLUMNS):
-        _fail(path, f"corrupt shard index: expected the columns {', '.join(INDEX_COLUMNS)}")
-    count = len(index["keys"])
-    if any(len(index[c]) != count for c in INDEX_COLUMNS):
-        _fail(path, "corrupt shard index: columns of different lengths")
-    total_masks = tensors["mask_nbytes"].shape[0]
-    data_size = tensors["data"].shape[0]
-    for name in METADATA_FIELDS:
-        if tensors[name].shape != (total_masks,) + TENSOR_TAIL.get(name, ()):
-            _fail(path, f"corrupt shard: tensor {name!r} has shape {tensors[name].shape}")
-    try:
-        columns = {c: np.asarray(index[c], dtype=np.int64).reshape(count) for c in _INT_COLUMNS}
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MaskStoreError(path, f"corrupt shard index: non-integer entries ({exc})") from exc
-    bad = (
-        (np.minimum(columns["height"], columns["width"]) < 1)
-        | (columns["num_masks"] < 0) | (columns["mask_start"] < 0)
-        | (columns["mask_start"] + columns["num_masks"] > total_masks)
-        | (columns["data_offset"] < 0) | (columns["data_nbytes"] < 0)
-        | (columns["data_offset"] + columns["data_nbytes"] > data_size)
-    )  # fmt: skip
-    bad |= np.fromiter((e not in ENCODINGS for e in index["encoding"]), bool, count)
-    bad |= np.fromiter((o not in ORDERS for o in index["order"]), bool, count)
-    bad |= np.fromiter((not isinstance(k, str) for k in index["keys"]), bool, count)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        _fail(path, f"corrupt shard index: entry {i} (key {index['keys'][i]!r}) is out of range")
+    if version >= 2:
+        crcs = meta["tensor_crc32"]
+        expected = [n for n in kind.tensors if n not in kind.record_tensors]
+        if sorted(crcs) != sorted(expected) or not all(type(c) is int for c in crcs.values()):
+            _fail(path, f"field '__metadata__.tensor_crc32': expected int checksums of {', '.join(expected)}, got {crcs!r}")
+    return ShardHeader(path, version, meta, meta["index"], tensors, size, file_identity(st))

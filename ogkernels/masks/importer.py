@@ -14,6 +14,7 @@ reference loader reads ``sorted(glob("mask_*.npy"))``: lexicographic file names,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,10 @@ import numpy as np
 
 from .._validation import check_choice
 from .errors import MaskFileError, MaskStoreError
+from .files import NotRegularFileError, WalkProblem, list_inside, open_regular, walk_inside
 from .images import read_image_size
+from .keys import key_problem
+from .locks import StoreLock
 from .metadata import MaskMetadata
 from .order import ORDER_CHOICES
 from .reader import MaskStore
@@ -62,12 +66,43 @@ def _partition_sort_key(path: Path) -> tuple:
 
 
 def _metadata_file(root: Path, partition: Path) -> Path | None:
+    """The partition's metadata JSON if something has its name (checked when read)."""
     suffix = _PARTITION.match(partition.name).group(1)
     name = f"metadata_partition_{suffix}.json"
     for candidate in (root / name, partition / name):
-        if candidate.is_file():
+        if os.path.lexists(candidate):
             return candidate
     return None
+
+
+def _walk_partition(root: Path, partition: Path) -> tuple[list[ReferenceImage], list[MaskFailure]]:
+    """The image folders of one partition and the symlinks not followed (as failures).
+
+    An image folder with an entry that could not be followed is a failure, not an import
+    with a mask missing.
+    """
+    metadata_file = _metadata_file(root, partition)
+    found: dict[str, ReferenceImage] = {}
+    problems: dict[str, MaskFailure] = {}
+    for item in walk_inside(partition, root):
+        if isinstance(item, WalkProblem):
+            key = item.path.parent.relative_to(partition).as_posix() if item.path.parent != partition else item.path.name
+            problems.setdefault(key, MaskFailure(key, str(item.path), item.reason))
+            continue
+        directory, dirnames, filenames = item
+        if directory == partition:
+            continue
+        masks = tuple(f for f in filenames if _MASK_FILE.match(f))
+        if masks or (not dirnames and not filenames):
+            key = directory.relative_to(partition).as_posix()
+            found[key] = ReferenceImage(key, partition.name, directory, masks, metadata_file)
+    for key, image in list(found.items()):
+        problem = key_problem(key)
+        if problem is not None:
+            problems.setdefault(key, MaskFailure(key, str(image.directory), f"expected an image key: {problem}"))
+        if key in problems:
+            del found[key]
+    return list(found.values()), list(problems.values())
 
 
 def scan_reference_layout(root: str | os.PathLike) -> tuple[list[ReferenceImage], list[MaskFailure]]:
@@ -78,33 +113,32 @@ def scan_reference_layout(root: str | os.PathLike) -> tuple[list[ReferenceImage]
     folder are zero-mask images too. A key found in two partitions is kept from the first
     (partitions in numeric order) and reported as a failure naming the second folder.
 
+    Symlinks (to partitions, image folders or mask files) are followed when they lead to a
+    place inside ``root``; one that leads outside ``root``, dangles or loops is reported as a
+    failure naming it (its image, if any, is not imported), never skipped silently.
+
     Returns:
         ``(images in partition then key order, failures)``.
     """
     root = Path(root)
     if not root.is_dir():
         raise MaskFileError(root, "the reference mask folder does not exist")
-    partitions = sorted(
-        (p for p in root.iterdir() if p.is_dir() and _PARTITION.match(p.name)), key=_partition_sort_key
-    )
     images: list[ReferenceImage] = []
     failures: list[MaskFailure] = []
+    names, _, problems = list_inside(root, root)
+    partitions = [root / name for name in names if _PARTITION.match(name)]
+    for problem in problems:
+        if _PARTITION.match(problem.path.name):
+            failures.append(MaskFailure(problem.path.name, str(problem.path), problem.reason))
     seen: dict[str, Path] = {}
-    for partition in partitions:
+    for partition in sorted(partitions, key=_partition_sort_key):
+        found, problems = _walk_partition(root, partition)
+        failures.extend(problems)
         metadata_file = _metadata_file(root, partition)
-        found: list[ReferenceImage] = []
-        for dirpath, dirnames, filenames in os.walk(partition):
-            directory = Path(dirpath)
-            if directory == partition:
-                continue
-            masks = tuple(f for f in filenames if _MASK_FILE.match(f))
-            if masks or (not dirnames and not filenames):
-                key = directory.relative_to(partition).as_posix()
-                found.append(ReferenceImage(key, partition.name, directory, masks, metadata_file))
         if metadata_file is not None:
-            listed = {image.key for image in found}
+            listed = {image.key for image in found} | {f.key for f in problems}
             for key, records in _load_metadata_json(metadata_file).items():
-                if key not in listed and isinstance(records, list) and not records:
+                if key not in listed and isinstance(records, list) and not records and key_problem(key) is None:
                     found.append(ReferenceImage(key, partition.name, partition / key, (), metadata_file))
         for image in sorted(found, key=lambda im: im.key):
             if image.key in seen:
@@ -133,9 +167,12 @@ def _sorted_mask_files(image: ReferenceImage, order: str) -> list[str]:
 
 def _load_mask(path: Path, key: str) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
+        with open_regular(path) as handle:
+            array = np.load(handle, allow_pickle=False)
     except FileNotFoundError:
         raise MaskFileError(path, "mask file not found", key=key) from None
+    except NotRegularFileError as exc:
+        raise MaskFileError(path, f"refused: {exc.strerror}", key=key) from None
     except Exception as exc:  # truncated/corrupt .npy: ValueError, EOFError, OSError...
         raise MaskFileError(path, f"cannot load the mask ({type(exc).__name__}: {exc})", key=key) from exc
     if not isinstance(array, np.ndarray) or array.ndim != 2:
@@ -181,10 +218,11 @@ def read_reference_masks(image: ReferenceImage, order: str = "lexicographic") ->
 
 def _load_metadata_json(path: Path) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open_regular(path) as handle:
             data = json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MaskFileError(path, f"cannot read the metadata JSON ({type(exc).__name__}: {exc})") from exc
+        reason = exc.strerror if isinstance(exc, NotRegularFileError) else f"{type(exc).__name__}: {exc}"
+        raise MaskFileError(path, f"cannot read the metadata JSON ({reason})") from exc
     if not isinstance(data, dict):
         raise MaskFileError(path, f"expected a JSON object image_key -> records, got {type(data).__name__}")
     return data
@@ -247,6 +285,7 @@ def import_reference_layout(
     shard_size: int = 1024,
     max_shard_bytes: int = 256 << 20,
     writer_id: str = "import",
+    lock: str | None = "import",
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> ImportReport:
     """Convert a reference mask folder tree into a mask store.
@@ -264,6 +303,8 @@ def import_reference_layout(
         skip_existing: skip images already in the store (makes the import resumable).
         on_error: ``"skip"`` (record the failure, go on) or ``"raise"``.
         shard_size, max_shard_bytes, writer_id: see :class:`MaskStoreWriter`.
+        lock: the store lock held while importing (:class:`ogkernels.masks.locks.StoreLock`):
+            a second import into the same store fails at once; ``None``: no lock.
         progress: optional wrapper of the image iterable, e.g. ``tqdm.tqdm``.
 
     Returns:
@@ -276,9 +317,9 @@ def import_reference_layout(
         raise MaskFileError(failures[0].path, failures[0].reason, key=failures[0].key)
     report = ImportReport(Path(store), failures=failures)
     writer = MaskStoreWriter(store, writer_id=writer_id, shard_size=shard_size, max_shard_bytes=max_shard_bytes, encoding=encoding)
-    existing = set(MaskStore(store, duplicates="first").keys()) if skip_existing else set()
     tables: dict[Path, dict[str, Any]] = {}
-    with writer:
+    with StoreLock(store, lock) if lock is not None else contextlib.nullcontext(), writer:
+        existing = set(MaskStore(store).keys()) if skip_existing else set()
         for image in progress(images) if progress is not None else images:
             if image.key in existing:
                 report.skipped_existing += 1
@@ -310,7 +351,7 @@ def _read_image(
     size = None
     if image_root is not None:
         image_path = Path(image_root) / image.key
-        size = read_image_size(image_path, image.key)
+        size = read_image_size(image_root, image.key)
         if masks is not None and masks.shape[1:] != size:
             raise MaskFileError(
                 image.directory / names[0],

@@ -21,7 +21,11 @@ import numpy as np
 
 from .._validation import check_choice, fail
 from .errors import MaskFileError, MaskStoreError
-from .images import load_image_rgb
+from .files import NotRegularFileError, WalkProblem, open_regular, walk_inside
+from .format import manifest_path
+from .images import image_path, load_image_rgb
+from .keys import key_problem
+from .locks import StoreLock, job_lock_name
 from .order import ORDER_CHOICES
 from .reader import MaskStore
 from .report import MaskFailure
@@ -43,30 +47,54 @@ class MaskGenerator(Protocol):
 
 def list_image_folder(root: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[str]:
     """Image keys (paths relative to ``root``, ``/``-separated) of every image file below
-    ``root`` (case-insensitive suffix match), sorted."""
+    ``root`` (case-insensitive suffix match; hidden names skipped), sorted.
+
+    Symlinks inside ``root`` are followed. A symlinked folder that leads outside ``root``
+    (or dangles, or loops) is an error naming it, not a silent skip; a symlinked image file
+    that leads outside is listed and then fails as that image (the job reads nothing outside
+    ``root``).
+
+    Raises:
+        MaskFileError: ``root`` is not a folder, or a folder symlink was not followed.
+    """
     root = Path(root)
     if not root.is_dir():
         raise MaskFileError(root, "the image folder does not exist")
     wanted = tuple(s.lower() for s in suffixes)
     keys = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for item in walk_inside(root):
+        if isinstance(item, WalkProblem):
+            if item.path.name.lower().endswith(wanted):
+                keys.append(item.path.relative_to(root).as_posix())
+                continue
+            if not item.path.name.startswith("."):
+                raise MaskFileError(item.path, f"cannot list the images below it: {item.reason}")
+            continue
+        directory, dirnames, filenames = item
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if name.lower().endswith(wanted) and not name.startswith("."):
-                keys.append((Path(dirpath) / name).relative_to(root).as_posix())
+                keys.append((directory / name).relative_to(root).as_posix())
     return sorted(keys)
 
 
 def list_llava_json(path: str | os.PathLike) -> list[str]:
     """Image keys of a LLaVA-format JSON list (entries with an ``"image"`` field, a path
     relative to the image root, or a list of them), deduplicated, sorted. Text-only entries
-    (no ``"image"``) are skipped."""
+    (no ``"image"``) are skipped.
+
+    Raises:
+        MaskFileError: naming the file (and the entry): not a regular file, invalid JSON,
+            not a list, or an ``"image"`` that is not an image key (``"../x.png"``, an
+            absolute path: :mod:`ogkernels.masks.keys`).
+    """
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open_regular(path) as handle:
             data = json.load(handle)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MaskFileError(path, f"cannot read the LLaVA JSON ({type(exc).__name__}: {exc})") from exc
+        reason = exc.strerror if isinstance(exc, (NotRegularFileError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
+        raise MaskFileError(path, f"cannot read the LLaVA JSON ({reason})") from exc
     if not isinstance(data, list):
         raise MaskFileError(path, f"expected a JSON list of samples, got {type(data).__name__}")
     keys: set[str] = set()
@@ -75,8 +103,9 @@ def list_llava_json(path: str | os.PathLike) -> list[str]:
         if image is None:
             continue
         for item in image if isinstance(image, list) else [image]:
-            if not isinstance(item, str) or not item:
-                raise MaskFileError(path, f"entry {i}: expected 'image' to be a path string, got {item!r}")
+            problem = key_problem(item)
+            if problem is not None:
+                raise MaskFileError(path, f"entry {i}: field 'image': expected an image path relative to the image root ({problem}), got {item!r}")
             keys.add(item)
     return sorted(keys)
 
@@ -146,6 +175,13 @@ class JobReport:
         return "\n".join(lines)
 
 
+def _done_keys(store: Path) -> set[str]:
+    """The keys already in ``store``, or none when there is no store yet."""
+    if not os.path.lexists(manifest_path(store)):
+        return set()
+    return set(MaskStore(store).keys())
+
+
 def run_mask_job(
     keys: Sequence[str],
     image_root: str | os.PathLike,
@@ -153,6 +189,7 @@ def run_mask_job(
     generator: MaskGenerator | Callable[[], MaskGenerator],
     *,
     writer_id: str = "w",
+    lock: str | None = "job-0of1",
     shard_size: int = 64,
     max_shard_bytes: int = 256 << 20,
     encoding: str = "packbits",
@@ -162,13 +199,20 @@ def run_mask_job(
 ) -> JobReport:
     """Generate and store the masks of ``keys`` (those not in the store yet).
 
+    Nothing is created until there is work to do and the generator is built: a missing
+    or corrupt model leaves no empty store behind.
+
     Args:
         keys: image keys (paths relative to ``image_root``) assigned to this process.
-        image_root: the dataset root.
+        image_root: the dataset root; images outside it (``..``, symlinks leading out) are
+            refused as failures.
         store: the mask store directory (created if absent).
         generator: image ``uint8 (H, W, 3)`` -> SAM2 records; with ``lazy_generator``, a
             zero-argument factory called only if some image remains to be done.
-        writer_id: shard-name prefix, unique per concurrent process (e.g. ``"rank3"``).
+        writer_id: shard-name prefix (e.g. ``"rank3of8"``).
+        lock: the job lock held while writing (:class:`ogkernels.masks.locks.StoreLock`,
+            e.g. ``job_lock_name(3, 8)``); a second job with the same lock fails at once.
+            ``None``: no lock (the caller coordinates).
         shard_size, max_shard_bytes, encoding: see :class:`MaskStoreWriter`. Smaller shards
             lose less work when the job is killed.
         order: mask order in the store, ``"lexicographic"`` (default: what the reference
@@ -181,26 +225,44 @@ def run_mask_job(
         listed in ``failures`` (naming the file and image) and not written.
 
     Raises:
-        MaskStoreError: the store itself is unusable (e.g. ``MaskStoreVersionError``).
+        MaskStoreError: the store itself is unusable (e.g. ``MaskStoreVersionError``), or
+            another job holds ``lock``.
     """
     check_choice("order", order, ORDER_CHOICES)
-    report = JobReport(Path(store), assigned=len(keys))
-    writer = MaskStoreWriter(
-        store, writer_id=writer_id, shard_size=shard_size, max_shard_bytes=max_shard_bytes, encoding=encoding
-    )
-    done = set(MaskStore(store, duplicates="first").keys())
-    todo = list(dict.fromkeys(k for k in keys if k not in done))
-    report.skipped_existing = len(keys) - len(todo)
-    if not todo:
-        return report
-    if lazy_generator:
-        generator = generator()
+    store = Path(store)
+    report = JobReport(store, assigned=len(keys))
+    job_lock = StoreLock(store, lock) if lock is not None else None
+    try:
+        if job_lock is not None and manifest_path(store).is_file():
+            job_lock.acquire()  # fail fast on a busy store, before building the model
+        todo = list(dict.fromkeys(k for k in keys if k not in _done_keys(store)))
+        if todo and lazy_generator:
+            generator = generator()
+        if job_lock is not None:
+            job_lock.acquire()
+        writer = MaskStoreWriter(
+            store, writer_id=writer_id, shard_size=shard_size, max_shard_bytes=max_shard_bytes, encoding=encoding
+        ) if todo else None  # fmt: skip
+        done = _done_keys(store)  # again, under the lock: another job may have finished some
+        todo = [k for k in todo if k not in done]
+        report.skipped_existing = len(keys) - len(todo)
+        if not todo:
+            return report
+        _run(todo, Path(image_root), generator, writer, order, report, progress)
+    finally:
+        if job_lock is not None:
+            job_lock.release()
+    return report
+
+
+def _run(todo: list[str], image_root: Path, generator: MaskGenerator, writer: MaskStoreWriter, order: str,
+         report: JobReport, progress: Callable[..., Any] | None) -> None:  # fmt: skip
     bar = progress(total=len(todo), unit="img", dynamic_ncols=True) if progress is not None else None
     start = time.perf_counter()
     try:
         with writer:
             for key in todo:
-                failure = _process_one(key, Path(image_root), generator, writer, order, report)
+                failure = _process_one(key, image_root, generator, writer, order, report)
                 if failure is not None:
                     report.failures.append(failure)
                 report.seconds = time.perf_counter() - start
@@ -211,15 +273,14 @@ def run_mask_job(
         report.seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
-    return report
 
 
 def _process_one(
     key: str, image_root: Path, generator: MaskGenerator, writer: MaskStoreWriter, order: str, report: JobReport
 ) -> MaskFailure | None:
-    path = image_root / key
+    path = image_path(image_root, key)
     try:
-        image = load_image_rgb(path, key)
+        image = load_image_rgb(image_root, key)
         height, width = image.shape[:2]
         try:
             records = generator(image)

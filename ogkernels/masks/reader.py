@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import warnings
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,18 +18,11 @@ import torch
 from .._validation import check_choice, check_positive_int, fail
 from ..packed_masks import PackedMasks, packed_row_bytes
 from .errors import MaskStoreError
-from .format import (
-    ENCODINGS,
-    METADATA_FIELDS,
-    ORDERS,
-    SHARD_DIR,
-    SHARD_SUFFIX,
-    ShardHeader,
-    read_manifest,
-    read_shard_header,
-)
+from .files import open_regular_fd
+from .format import METADATA_FIELDS, SHARD_DIR, SHARD_SUFFIX, ShardHeader, file_identity, read_manifest, read_shard_header
 from .metadata import MaskMetadata
 from .rle import decode_rle
+from .shard_index import ENCODINGS, MASK_INT_COLUMNS, ORDERS, check_mask_index
 
 
 @dataclass(frozen=True)
@@ -45,12 +39,12 @@ class ImageInfo:
     shard: Path
 
 
-_INT_COLUMNS = ("height", "width", "num_masks", "data_offset", "data_nbytes", "mask_start", "has_metadata", "crc32")
+_COLUMNS = MASK_INT_COLUMNS + ("crc_start",)
 
 
-def list_shards(root: str | os.PathLike) -> list[Path]:
-    """The shard files of a store, sorted by name (temporary files excluded)."""
-    directory = Path(root) / SHARD_DIR
+def list_shards(directory: str | os.PathLike) -> list[Path]:
+    """The shard files in ``directory``, sorted by name (temporary and hidden files excluded)."""
+    directory = Path(directory)
     if not directory.is_dir():
         return []
     return sorted(
@@ -61,21 +55,32 @@ def list_shards(root: str | os.PathLike) -> list[Path]:
 class MaskStore:
     """Read-only view of a mask store (see :mod:`ogkernels.masks.format`).
 
-    Opening reads the manifest and every shard header (not the mask bytes) and builds the
-    key index; :meth:`refresh` picks up shards written since. Reads use ``pread`` on cached
-    file descriptors, so one store object may be shared by threads and by forked
-    ``DataLoader`` workers.
+    Opening reads the manifest and every shard header (not the mask bytes), checks every
+    header field of every record (:mod:`ogkernels.masks.shard_index`: shapes against byte
+    counts, offsets, keys, the descriptor checksums) and builds the key index;
+    :meth:`refresh` picks up shards written since. Only regular files are opened (a FIFO
+    named ``*.safetensors`` is an error, not a hang). Reads use ``pread`` on cached file
+    descriptors, so one store object may be shared by threads and by ``DataLoader`` workers;
+    a shard that changed on disk since it was indexed is refused.
 
     Args:
         root: the store directory.
-        verify: check each record's CRC-32 on read (costs about one extra pass over the bytes).
+        verify: also check each record's ``crc32`` (its descriptor and data bytes) on read:
+            catches flipped data bits, at about four times the cost of the read itself.
         max_open_files: file descriptors kept open (least recently used are closed).
-        duplicates: a key stored in two shards (e.g. two ranks given overlapping shards):
-            ``"error"`` (default) raises naming both shards; ``"first"`` keeps the record of
-            the first shard in name order.
+        duplicates: a key stored in two shards (e.g. two jobs given overlapping shards):
+            ``"first"`` (default) keeps the record indexed first (shard-name order at open,
+            then discovery order on refresh); ``"error"`` raises naming both shards.
+
+    Attributes:
+        duplicate_keys: each key stored more than once -> its shards, the one used first.
+        conflicting_keys: those of them whose records differ (a warning names them on open;
+            ``python -m ogkernels.masks verify`` fails on them). Identical copies (the same
+            checksums and shape) are harmless.
 
     Raises:
-        MaskStoreError: a missing/corrupt manifest or shard, or a key present in two shards.
+        MaskStoreError: a missing/corrupt manifest or shard (naming the file, the key and
+            the field), or a duplicate key with ``duplicates="error"``.
         MaskStoreVersionError: the store or a shard was written by a newer format version.
     """
 
@@ -85,11 +90,11 @@ class MaskStore:
         *,
         verify: bool = False,
         max_open_files: int = 64,
-        duplicates: str = "error",
+        duplicates: str = "first",
     ) -> None:
         self.root = Path(root)
         self.verify = bool(verify)
-        self.duplicates = check_choice("duplicates", duplicates, ("error", "first"))
+        self.duplicates = check_choice("duplicates", duplicates, ("first", "error"))
         self.max_open_files = check_positive_int("max_open_files", max_open_files)
         self.manifest = read_manifest(self.root)
         self._lock = threading.Lock()
@@ -99,8 +104,10 @@ class MaskStore:
         self._shards: list[ShardHeader] = []
         self._row_keys: list[str] = []  # the key of every row (rows of ignored duplicates too)
         self._lookup: dict[str, int] = {}
-        self._columns: dict[str, np.ndarray] = {c: np.zeros(0, np.int64) for c in _INT_COLUMNS}
+        self._columns: dict[str, np.ndarray] = {c: np.zeros(0, np.int64) for c in _COLUMNS}
         self._columns.update(shard=np.zeros(0, np.int64), encoding=np.zeros(0, np.uint8), order=np.zeros(0, np.uint8))
+        self.duplicate_keys: dict[str, list[Path]] = {}
+        self.conflicting_keys: list[str] = []
         self.refresh()
 
     # ------------------------------------------------------------------ index
@@ -108,42 +115,51 @@ class MaskStore:
     def refresh(self) -> int:
         """Index shards that appeared since the last scan; returns how many were added."""
         known = {header.path.name for header in self._shards}
-        new = [read_shard_header(p) for p in list_shards(self.root) if p.name not in known]
+        new = [read_shard_header(p) for p in list_shards(self.root / SHARD_DIR) if p.name not in known]
         if not new:
             return 0
-        parts: dict[str, list[np.ndarray]] = {name: [self._columns[name]] for name in self._columns}
-        keys = list(self._row_keys)
+        checked = [check_mask_index(header) for header in new]
+        first_shard, first_row = len(self._shards), len(self._row_keys)
+        columns = {
+            name: np.concatenate([self._columns[name]] + [
+                c[name] + h.tensors["data"].begin if name == "data_offset" else c[name] for h, c in zip(new, checked)
+            ])
+            for name in _COLUMNS + ("encoding", "order")
+        }  # fmt: skip
+        columns["shard"] = np.concatenate(
+            [self._columns["shard"]] + [np.full(h.num_images, first_shard + i, np.int64) for i, h in enumerate(new)]
+        )
+        keys = self._row_keys + [key for header in new for key in header.index["keys"]]
+        # the columns now live in ``columns``; a header keeps what reads need
+        shards = self._shards + [dataclasses.replace(h, index={}, meta={"tensor_crc32": h.meta.get("tensor_crc32")}) for h in new]
         lookup = dict(self._lookup)
-        shards = list(self._shards)
-        new_row_shard: list[int] = []  # shard of each row this refresh adds
-        for header in new:
-            shard_id = len(shards)
-            index = header.index
-            for key in index["keys"]:
-                if key in lookup and self.duplicates == "first":
-                    keys.append(key)  # a row nobody looks up: the first shard's record wins
-                    new_row_shard.append(shard_id)
-                    continue
-                if key in lookup:
-                    row = lookup[key]
-                    owner = int(self._columns["shard"][row]) if row < len(self._row_keys) else new_row_shard[row - len(self._row_keys)]
-                    raise MaskStoreError(
-                        header.path, f"is also stored in {shards[owner].path if owner < len(shards) else header.path}; "
-                        "remove one of the two shards", key=key,
-                    )  # fmt: skip
-                lookup[key] = len(keys)
-                keys.append(key)
-                new_row_shard.append(shard_id)
-            count = len(index["keys"])
-            for name in _INT_COLUMNS:
-                column = np.asarray(index[name], dtype=np.int64).reshape(count)
-                parts[name].append(column + header.tensors["data"].begin if name == "data_offset" else column)
-            parts["shard"].append(np.full(count, shard_id, np.int64))
-            parts["encoding"].append(np.asarray([ENCODINGS.index(e) for e in index["encoding"]], np.uint8).reshape(count))
-            parts["order"].append(np.asarray([ORDERS.index(o) for o in index["order"]], np.uint8).reshape(count))
-            shards.append(dataclasses.replace(header, index={}))  # the columns now live in self._columns
-        self._columns = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-        self._row_keys, self._lookup, self._shards = keys, lookup, shards
+        duplicates = {key: list(paths) for key, paths in self.duplicate_keys.items()}
+        differing: list[str] = []
+        for row in range(first_row, len(keys)):
+            key = keys[row]
+            first = lookup.setdefault(key, row)
+            if first == row:
+                continue
+            same = all(columns[c][first] == columns[c][row] for c in ("crc32", "crc_start", "num_masks", "height", "width"))
+            owner, other = shards[columns["shard"][first]].path, shards[columns["shard"][row]].path
+            if self.duplicates == "error":
+                raise MaskStoreError(
+                    other, f"is also stored in {owner} ({'the same record' if same else 'a different record'}); "
+                    "remove one of the two shards, or open with duplicates='first'", key=key,
+                )  # fmt: skip
+            duplicates.setdefault(key, [owner]).append(other)
+            if not same:
+                differing.append(key)
+        self._columns, self._row_keys, self._lookup, self._shards = columns, keys, lookup, shards
+        self.duplicate_keys = duplicates
+        self.conflicting_keys = self.conflicting_keys + differing
+        if differing:
+            warnings.warn(
+                f"mask store {self.root}: {len(differing)} image keys are stored in two shards with different "
+                f"records (e.g. {differing[0]!r} in {', '.join(map(str, duplicates[differing[0]]))}); the record "
+                "indexed first is used; see MaskStore.duplicate_keys",
+                stacklevel=2,
+            )
         return len(new)
 
     def _row(self, key: str) -> int:
@@ -188,6 +204,9 @@ class MaskStore:
 
     # ------------------------------------------------------------------ file access
 
+    def _error(self, row: int, message: str) -> MaskStoreError:
+        return MaskStoreError(self._shards[int(self._columns["shard"][row])].path, message, key=self._row_keys[row])
+
     def _fd(self, shard_id: int) -> int:
         with self._lock:
             if self._fd_pid != os.getpid():  # forked: do not share the parent's LRU state
@@ -197,11 +216,15 @@ class MaskStore:
             if fd is not None:
                 self._fds.move_to_end(shard_id)
                 return fd
-            path = self._shards[shard_id].path
+            header = self._shards[shard_id]
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = open_regular_fd(header.path)
             except OSError as exc:
-                raise MaskStoreError(path, f"cannot open the shard: {exc}") from exc
+                raise MaskStoreError(header.path, f"cannot open the shard: {exc.strerror or exc}") from exc
+            if file_identity(os.fstat(fd)) != header.identity:
+                os.close(fd)
+                raise MaskStoreError(header.path, "the shard changed on disk since it was indexed (shards are "
+                                                  "immutable: another program rewrote it); open the store again")  # fmt: skip
             self._fds[shard_id] = fd
             while len(self._fds) > self.max_open_files:
                 _, old = self._fds.popitem(last=False)
@@ -216,25 +239,25 @@ class MaskStore:
         view = memoryview(out.reshape(-1)).cast("B")
         done = 0
         while done < len(view):
-            if hasattr(os, "preadv"):
-                got = os.preadv(fd, [view[done:]], offset + done)
-            else:  # pragma: no cover - platforms without preadv
-                chunk = os.pread(fd, len(view) - done, offset + done)
-                view[done : done + len(chunk)] = chunk
-                got = len(chunk)
+            got = os.preadv(fd, [view[done:]], offset + done)
             if got <= 0:
                 raise MaskStoreError(self._shards[shard_id].path, f"unexpected end of file at byte {offset + done}")
             done += got
 
     def _shard_array(self, shard_id: int, name: str) -> np.ndarray:
+        """A whole per-mask tensor of a shard (cached), checked against ``tensor_crc32``."""
         with self._lock:
             cached = self._shard_arrays.get(shard_id)
             if cached is not None and name in cached:
                 self._shard_arrays.move_to_end(shard_id)
                 return cached[name]
-        span = self._shards[shard_id].tensors[name]
+        header = self._shards[shard_id]
+        span = header.tensors[name]
         array = np.empty(span.shape, dtype=span.dtype)
-        self._read_into(shard_id, span.begin, array)
+        self._read_into(shard_id, span.begin, array.view(np.uint8))
+        crcs = header.meta.get("tensor_crc32")
+        if crcs is not None and zlib.crc32(array) != crcs[name]:
+            raise MaskStoreError(header.path, f"tensor {name!r}: checksum mismatch (field '__metadata__.tensor_crc32'): the tensor is corrupt")
         with self._lock:
             self._shard_arrays.setdefault(shard_id, {})[name] = array
             self._shard_arrays.move_to_end(shard_id)
@@ -243,31 +266,29 @@ class MaskStore:
         return array
 
     def _record_bytes(self, row: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The ``data`` bytes of one record (``crc32`` checked with ``verify``)."""
         c = self._columns
-        shard_id = int(c["shard"][row])
-        nbytes = int(c["data_nbytes"][row])
-        out = np.empty(nbytes, np.uint8) if out is None else out
-        self._read_into(shard_id, int(c["data_offset"][row]), out)
-        if self.verify and zlib.crc32(out) != int(c["crc32"][row]):
-            raise MaskStoreError(
-                self._shards[shard_id].path, "checksum mismatch: the record is corrupt", key=self._row_keys[row]
-            )
+        out = np.empty(int(c["data_nbytes"][row]), np.uint8) if out is None else out
+        self._read_into(int(c["shard"][row]), int(c["data_offset"][row]), out)
+        if self.verify and zlib.crc32(out, int(c["crc_start"][row])) != int(c["crc32"][row]):
+            raise self._error(row, "field 'crc32': checksum mismatch: the record's data bytes (or its descriptor) are corrupt")
         return out
 
     def _decode_rle(self, row: int) -> np.ndarray:
-        """The ``bool (N, H, W)`` masks of an RLE record."""
+        """The ``bool (N, H, W)`` masks of an RLE record, every mask's runs checked first."""
         c = self._columns
         shard_id, start, n = int(c["shard"][row]), int(c["mask_start"][row]), int(c["num_masks"][row])
         lengths = self._shard_array(shard_id, "mask_nbytes")[start : start + n]
         blob = self._record_bytes(row).tobytes()
-        bounds = np.concatenate([[0], np.cumsum(lengths)])
-        if bounds[-1] != len(blob):
-            raise MaskStoreError(self._shards[shard_id].path, "corrupt RLE record lengths", key=self._row_keys[row])
+        if (lengths < 1).any() or int(lengths.sum()) != len(blob):
+            raise self._error(row, f"field 'mask_nbytes': expected {n} lengths >= 1 adding up to the record's "
+                                   f"{len(blob)} bytes, got {lengths.tolist()[:8]}")  # fmt: skip
+        bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
         counts = [blob[bounds[i] : bounds[i + 1]] for i in range(n)]
         try:
-            return decode_rle(counts, int(c["height"][row]), int(c["width"][row]))
-        except Exception as exc:  # pycocotools raises bare Exceptions on garbage
-            raise MaskStoreError(self._shards[shard_id].path, f"corrupt RLE record ({exc})", key=self._row_keys[row]) from exc
+            return decode_rle(counts, int(c["height"][row]), int(c["width"][row]), source="field 'data': rle counts")
+        except ValueError as exc:
+            raise self._error(row, str(exc)) from exc
 
     # ------------------------------------------------------------------ public reads
 
@@ -301,7 +322,8 @@ class MaskStore:
         All records are read into one host ``uint8`` buffer (page-locked when
         ``pin_memory``), which is moved to ``device`` in a single copy (asynchronous with
         ``non_blocking`` from pinned memory); each returned :class:`PackedMasks` is a view
-        of that buffer.
+        of that buffer. RLE records are decoded (and their runs checked) before the buffer
+        is allocated.
 
         Args:
             keys: image keys, any order, repeats allowed.
@@ -320,21 +342,17 @@ class MaskStore:
         rows = [self._row(k) for k in keys]
         c = self._columns
         shapes = [(int(c["num_masks"][r]), int(c["height"][r]), int(c["width"][r])) for r in rows]
+        packbits = ENCODINGS.index("packbits")
+        decoded = {r: PackedMasks.from_dense(self._decode_rle(r)).bits.numpy() for r in set(rows) if c["encoding"][r] != packbits}
         sizes = [n * packed_row_bytes(h, w) for n, h, w in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
         host = torch.empty(offsets[-1], dtype=torch.uint8, pin_memory=bool(pin_memory))
         flat = host.numpy()
         for row, begin, end in zip(rows, offsets[:-1], offsets[1:]):
-            if end == begin:
-                continue
-            if c["encoding"][row] == ENCODINGS.index("packbits"):
-                if end - begin != int(c["data_nbytes"][row]):
-                    path = self._shards[int(c["shard"][row])].path
-                    raise MaskStoreError(path, "corrupt record: size disagrees with its shape", key=self._row_keys[row])
+            if row in decoded:
+                flat[begin:end] = decoded[row].reshape(-1)
+            elif end > begin:  # the header check guarantees end - begin == data_nbytes
                 self._record_bytes(row, flat[begin:end])
-            else:
-                masks = self._decode_rle(row)
-                flat[begin:end] = PackedMasks.from_dense(masks).bits.numpy().reshape(-1)
         moved = host if target.type == "cpu" else host.to(target, non_blocking=non_blocking)
         return [
             PackedMasks(moved[begin:end].view(n, packed_row_bytes(h, w)), h, w)

@@ -1,19 +1,24 @@
-"""COCO run-length encoding (pycocotools) of one image's masks, to and from bit-packed masks.
+"""COCO run-length encoding of one image's masks, to and from bit-packed masks.
 
 COCO RLE runs over the *column-major* flattened mask, starting with a run of zeros; the
-``counts`` are stored in pycocotools' compressed ASCII form. pycocotools is imported lazily
-(it is only needed for RLE records).
+``counts`` are stored in pycocotools' compressed ASCII form (5 bits per character, runs
+after the second stored as the difference to the run two before). Encoding uses
+pycocotools (imported lazily). Decoding parses the counts here and checks them first:
+pycocotools' decoder writes as many pixels as the runs say, without a bound, so corrupt or
+hostile counts would overrun its buffer (or leave pixels uninitialised). A decoded mask is
+exactly ``H·W`` pixels or a ``ValueError`` naming the source.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .._validation import fail
 from ..packed_masks import PackedMasks
+
+_MAX_CHARS_PER_COUNT = 12  # 60 bits: ample for H·W <= 2**32, and no int64 overflow
 
 
 def _mask_utils():
@@ -49,19 +54,62 @@ def encode_rle(masks: PackedMasks | np.ndarray) -> list[bytes]:
     return [rle["counts"] for rle in _mask_utils().encode(fortran)]
 
 
-def decode_rle(counts: Sequence[bytes | str], height: int, width: int) -> np.ndarray:
-    """Decode COCO compressed RLE ``counts`` of ``height × width`` masks.
+def rle_runs(counts: bytes | str, height: int, width: int, *, source: str = "counts") -> np.ndarray:
+    """The run lengths ``int64 (R,)`` of COCO compressed-RLE ``counts`` of a ``height × width``
+    mask, checked: valid characters, no truncated number, runs >= 0 adding up to ``H·W``.
+
+    Raises:
+        ValueError: naming ``source``, on any of those problems.
+    """
+    raw = counts.encode("ascii", "replace") if isinstance(counts, str) else bytes(counts)
+    chars = np.frombuffer(raw, np.uint8).astype(np.int64) - 48
+    if chars.size == 0:
+        fail(source, "COCO compressed RLE counts (at least one run)", "an empty string")
+    if ((chars < 0) | (chars > 63)).any():
+        position = int(np.flatnonzero((chars < 0) | (chars > 63))[0])
+        fail(source, "COCO compressed RLE characters '0'..'o'", f"{raw[position:position + 1]!r} at byte {position}")
+    ends = (chars & 0x20) == 0
+    if not ends[-1]:
+        fail(source, "COCO compressed RLE counts", "a truncated last number")
+    starts = np.concatenate([[0], np.flatnonzero(ends)[:-1] + 1])
+    lengths = np.flatnonzero(ends) + 1 - starts
+    if lengths.max() > _MAX_CHARS_PER_COUNT:
+        fail(source, f"RLE numbers of at most {_MAX_CHARS_PER_COUNT} characters", f"one of {int(lengths.max())}")
+    digit = np.arange(chars.size) - np.repeat(starts, lengths)
+    values = np.add.reduceat((chars & 0x1F) << (5 * digit), starts)
+    negative = (chars[np.flatnonzero(ends)] & 0x10) != 0
+    values = values - (negative.astype(np.int64) << (5 * lengths))
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])  # run j > 2 is stored as run j - run (j - 2)
+    if runs.size > 2:
+        runs[2::2] = np.cumsum(values[2::2])
+    pixels = height * width
+    if (runs < 0).any() or (runs > pixels).any() or int(runs.sum()) != pixels:
+        if (runs < 0).any() or (runs > pixels).any():
+            got = f"a run of {int(runs[(runs < 0) | (runs > pixels)][0])} pixels"
+        else:
+            got = f"runs adding up to {int(runs.sum())}"
+        fail(source, f"RLE runs adding up to H·W = {height}x{width} = {pixels} pixels", got)
+    return runs
+
+
+def runs_to_mask(runs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``bool (height, width)`` C-contiguous from checked column-major run lengths."""
+    values = (np.arange(runs.size) % 2).astype(np.bool_)
+    return np.ascontiguousarray(np.repeat(values, runs).reshape(width, height).T)
+
+
+def decode_rle(counts: Sequence[bytes | str], height: int, width: int, *, source: str = "counts") -> np.ndarray:
+    """Decode COCO compressed RLE ``counts`` of ``height × width`` masks (checked first,
+    see :func:`rle_runs`).
 
     Returns:
         ``bool (N, height, width)``, C-contiguous (row-major).
     """
-    if len(counts) == 0:
-        return np.zeros((0, height, width), dtype=np.bool_)
-    rles = [{"size": [height, width], "counts": c if isinstance(c, bytes) else c.encode("ascii")} for c in counts]
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        decoded = _mask_utils().decode(rles)  # (H, W, N) uint8, Fortran order
-    return np.ascontiguousarray(decoded.transpose(2, 0, 1), dtype=np.bool_)
+    out = np.empty((len(counts), height, width), dtype=np.bool_)
+    for i, mask_counts in enumerate(counts):
+        out[i] = runs_to_mask(rle_runs(mask_counts, height, width, source=f"{source}[{i}]"), height, width)
+    return out
 
 
 def decode_coco_rle(rle: Mapping[str, Any], *, source: str = "rle") -> np.ndarray:
@@ -69,13 +117,22 @@ def decode_coco_rle(rle: Mapping[str, Any], *, source: str = "rle") -> np.ndarra
     to a ``bool (H, W)`` array. ``source`` names the input in error messages."""
     if not isinstance(rle, Mapping) or "size" not in rle or "counts" not in rle:
         fail(source, "a COCO RLE dict with 'size' and 'counts'", rle, error=TypeError)
-    height, width = (int(s) for s in rle["size"])
+    size = rle["size"]
+    if (
+        not isinstance(size, (list, tuple)) or len(size) != 2
+        or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in size)
+    ):  # fmt: skip
+        fail(f"{source}.size", "[height, width] with ints >= 1", repr(size))
+    height, width = int(size[0]), int(size[1])
     counts = rle["counts"]
-    mask_utils = _mask_utils()
-    if isinstance(counts, list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    if isinstance(counts, (list, tuple)):  # uncompressed RLE
+        if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in counts):
+            fail(f"{source}.counts", "a list of int run lengths", repr(counts)[:80])
+        runs = np.asarray(counts, dtype=np.int64).reshape(-1)
+        if (runs < 0).any() or int(runs.sum()) != height * width:
+            fail(f"{source}.counts", f"runs >= 0 adding up to {height}x{width} = {height * width} pixels", repr(counts)[:80])
+    elif isinstance(counts, (bytes, str)):
+        runs = rle_runs(counts, height, width, source=f"{source}.counts")
     else:
-        rle = {"size": [height, width], "counts": counts if isinstance(counts, bytes) else counts.encode("ascii")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.bool_)
+        fail(f"{source}.counts", "a str, bytes or list of ints", counts, error=TypeError)
+    return runs_to_mask(runs, height, width)

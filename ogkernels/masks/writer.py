@@ -14,19 +14,13 @@ import torch
 
 from .._validation import check_choice, check_positive_int, fail
 from ..packed_masks import PackedMasks, packed_row_bytes
-from .atomic import TEMP_PREFIX
+from .atomic import host_name, remove_stale_temps
 from .errors import MaskStoreError
-from .format import (
-    ENCODINGS,
-    METADATA_FIELDS,
-    ORDERS,
-    SHARD_DIR,
-    SHARD_SUFFIX,
-    create_manifest,
-    write_shard,
-)
+from .format import METADATA_FIELDS, SHARD_DIR, SHARD_SUFFIX, create_manifest, write_shard
+from .keys import check_key
 from .metadata import MaskMetadata
 from .rle import encode_rle
+from .shard_index import ENCODINGS, MAX_SIDE, ORDERS, descriptor_crc, mask_descriptor
 
 _WRITER_ID = re.compile(r"^[A-Za-z0-9_.]+$")
 
@@ -42,6 +36,7 @@ class _Record:
     data: np.ndarray  # uint8 (nbytes,)
     mask_nbytes: np.ndarray  # int64 (N,)
     metadata: MaskMetadata | None
+    desc_crc32: int
     crc32: int
 
 
@@ -61,12 +56,13 @@ def build_record(
     order: str,
 ) -> _Record:
     """Validate one image and encode its masks (``packbits`` bytes or COCO RLE counts)."""
-    if not isinstance(key, str) or not key:
-        fail("key", "a non-empty str (the image path relative to the dataset root)", key, error=TypeError)
+    check_key(key)
     check_choice("encoding", encoding, ENCODINGS)
     check_choice("order", order, ORDERS)
     packed = _as_packed(key, masks)
     n, h, w = packed.shape
+    if max(h, w) > MAX_SIDE:
+        fail(f"masks of image {key!r}", f"height and width <= {MAX_SIDE}", f"{h}x{w}")
     if metadata is not None:
         if not isinstance(metadata, MaskMetadata):
             fail(f"metadata of image {key!r}", "a MaskMetadata or None", metadata, error=TypeError)
@@ -79,7 +75,8 @@ def build_record(
         counts = encode_rle(packed)
         data = np.frombuffer(b"".join(counts), dtype=np.uint8).copy()
         mask_nbytes = np.asarray([len(c) for c in counts], dtype=np.int64).reshape(n)
-    return _Record(key, h, w, n, encoding, order, data, mask_nbytes, metadata, zlib.crc32(data))
+    desc = descriptor_crc(mask_descriptor(key, h, w, n, encoding, order, int(metadata is not None), data.nbytes))
+    return _Record(key, h, w, n, encoding, order, data, mask_nbytes, metadata, desc, zlib.crc32(data, desc))
 
 
 class MaskStoreWriter:
@@ -89,8 +86,13 @@ class MaskStoreWriter:
     ``max_shard_bytes`` bytes, on :meth:`flush` and on :meth:`close` (also when the ``with``
     block exits on an exception: buffered records are complete). Each shard appears
     atomically; a killed writer loses only its unflushed records and leaves no partial file
-    under a shard name. Several writers (ranks) may write one store concurrently; give each
-    a distinct ``writer_id``.
+    under a shard name. Several writers (ranks, hosts) may write one store concurrently:
+    shard names carry the host, the process and a random run id, so they never collide;
+    on start a writer deletes the temporary files of dead writers of its own host only
+    (:func:`ogkernels.masks.atomic.remove_stale_temps`). Writers do not coordinate which
+    keys they write: a key written by two writers is a duplicate, which readers resolve as
+    :class:`MaskStore` documents (the mask job avoids it with a lock, see
+    :mod:`ogkernels.masks.locks`).
 
     Args:
         root: the store directory.
@@ -120,26 +122,13 @@ class MaskStoreWriter:
         self.writer_id = writer_id
         create_manifest(self.root, f"ogkernels {__version__}")
         self.shard_dir = self.root / SHARD_DIR
-        self._run = uuid.uuid4().hex[:12]
+        self._run = f"{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._seq = 0
         self._pending: list[_Record] = []
         self._pending_bytes = 0
         self._keys: set[str] = set()
         self.shards_written: list[Path] = []
-        self._remove_stale_temps()
-
-    def _remove_stale_temps(self) -> None:
-        """Delete temporary files of earlier, dead writers with this ``writer_id``."""
-        for path in self.shard_dir.glob(f"{TEMP_PREFIX}{self.writer_id}-*"):
-            try:
-                pid = int(path.name.rsplit(".", 2)[-2])
-                os.kill(pid, 0)
-                continue  # still running
-            except (ValueError, IndexError, ProcessLookupError):
-                pass
-            except PermissionError:
-                continue
-            path.unlink(missing_ok=True)
+        remove_stale_temps(self.shard_dir)
 
     @property
     def num_pending(self) -> int:
@@ -166,7 +155,7 @@ class MaskStoreWriter:
                 loader's ``mask_10`` before ``mask_2``), ``"numeric"`` (SAM2 output order) or
                 ``"given"``.
         """
-        if key in self._keys:
+        if check_key(key) in self._keys:
             fail("key", "a key not yet written by this writer", key)
         record = build_record(key, masks, metadata, encoding or self.encoding, order)
         self._keys.add(key)
@@ -215,6 +204,7 @@ def _shard_content(records: list[_Record]) -> tuple[dict, dict]:
         "data_nbytes": [r.data.nbytes for r in records],
         "mask_start": mask_starts[:-1].tolist(),
         "has_metadata": [int(r.metadata is not None) for r in records],
+        "desc_crc32": [r.desc_crc32 for r in records],
         "crc32": [r.crc32 for r in records],
     }
     metas = [r.metadata if r.metadata is not None else MaskMetadata.empty(r.num_masks) for r in records]

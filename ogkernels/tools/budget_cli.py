@@ -54,34 +54,47 @@ def parse_grid(text: str) -> int | tuple[int, int]:
 
 def load_masks(path: str):
     """One image's masks from a ``.npz`` (its array ``masks``, or its only array) or a
-    ``.npy`` file, loaded with ``allow_pickle=False``: an ``(N, H, W)`` (or ``(H, W)``) bool
-    or 0/1 uint8 array, returned as a CPU tensor."""
+    ``.npy`` file, loaded with ``allow_pickle=False`` from a regular file only: an
+    ``(N, H, W)`` (or ``(H, W)``) bool or 0/1 uint8 array, returned as a CPU tensor.
+
+    Raises:
+        ValueError/TypeError: starting ``--masks PATH:``, for anything else (a missing,
+            special, non-NumPy or pickled file, an archive of several arrays, a bad shape,
+            dtype or value).
+    """
     import numpy as np
     import torch
 
-    loaded = np.load(path, allow_pickle=False)
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = list(loaded.keys())
-            if "masks" in keys:
-                array = loaded["masks"]
-            elif len(keys) == 1:
-                array = loaded[keys[0]]
+    from ..masks.files import open_regular
+
+    where = f"--masks {path}"
+    try:
+        with open_regular(path) as handle:
+            loaded = np.load(handle, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded:
+                    keys = list(loaded.keys())
+                    if "masks" not in keys and len(keys) != 1:
+                        raise ValueError(f"{where}: expected an array named 'masks' or a single array, got arrays {keys}")
+                    array = loaded["masks" if "masks" in keys else keys[0]]
             else:
-                raise ValueError(
-                    f"--masks {path}: expected an array named 'masks' or a single array, "
-                    f"got arrays {keys}"
-                )
-    else:
-        array = loaded
+                array = loaded
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read the file ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ValueError(f"{where}: expected a .npy or .npz file of masks ({exc})") from exc
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, ... from a damaged file
+        raise ValueError(f"{where}: expected a .npy or .npz file of masks ({type(exc).__name__}: {exc})") from exc
     if array.ndim == 2:
         array = array[None]
-    if array.ndim != 3:
-        raise ValueError(f"--masks {path}: expected an (N, H, W) array, got shape {array.shape}")
+    if array.ndim != 3 or min(array.shape[1:], default=0) < 1:
+        raise ValueError(f"{where}: expected an (N, H, W) array with H, W >= 1, got shape {array.shape}")
     if array.dtype not in (np.bool_, np.uint8):
-        raise TypeError(
-            f"--masks {path}: expected a bool (or 0/1 uint8) array, got dtype {array.dtype}"
-        )
+        raise TypeError(f"{where}: expected a bool (or 0/1 uint8) array, got dtype {array.dtype}")
+    if array.dtype == np.uint8 and array.size and int(array.max()) > 1:
+        raise ValueError(f"{where}: expected 0/1 values in a uint8 array, got values up to {int(array.max())}")
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
