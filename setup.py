@@ -22,9 +22,9 @@ setup(
         # Triton ships with the CUDA builds of torch; name it for CPU-only torch installs.
         "triton": ["triton>=3.0"],
         "hf": ["transformers>=4.57"],
-        "masks": ["pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60", "pillow>=9"],
+        "masks": ["pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60", "pillow>=9", "filelock>=3.12"],
         # SAM 2 itself: `SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0`
-        "sam2": ["sam2>=1.1", "pycocotools>=2.0", "tqdm>=4.60", "pillow>=9"],
+        "sam2": ["sam2>=1.1", "pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60", "pillow>=9", "filelock>=3.12"],
         "gpu": ["flash-attn>=2.7"],
         "bench": ["pytest-benchmark>=5", "matplotlib>=3.7"],
         "test": [
@@ -40,6 +40,7 @@ setup(
         "console_scripts": [
             "ogkernels-budget=ogkernels.tools.budget_cli:main",
             "ogkernels-masks=ogkernels.masks.__main__:main",
+            "ogkernels-sam2-masks=ogkernels.jobs.sam2_masks:main",
         ],
     },
 )

@@ -13,7 +13,7 @@ cache the load ratio follows the bytes-on-disk ratio.
 
 Recorded in ``benchmark.extra_info`` and printed side by side at the end: bytes on disk per
 image (apparent and allocated), write and batch-load times, store vs reference, and masks/s
-of ``integration.sam2_mask_job`` on the CPU with a **small random-weight** SAM 2.1 Hiera-T
+of ``ogkernels-sam2-masks`` (``ogkernels.jobs.sam2_masks``) on the CPU with a **small random-weight** SAM 2.1 Hiera-T
 (image size 256, 4×4 points): a smoke figure for the pipeline, not SAM2-L throughput.
 """
 
@@ -241,12 +241,12 @@ def test_load_and_downsample(benchmark, dataset, layout):
 
 
 def test_mask_job_cpu_random_weights(benchmark, tmp_path):
-    """masks/s of integration.sam2_mask_job on the CPU, small RANDOM-WEIGHT SAM 2.1 Hiera-T
+    """masks/s of ogkernels.jobs.sam2_masks on the CPU, small RANDOM-WEIGHT SAM 2.1 Hiera-T
     (256 px, 4×4 points, thresholds 0, NMS off): a pipeline smoke figure, not SAM2-L speed."""
     pytest.importorskip("sam2")
     from PIL import Image
 
-    import integration.sam2_mask_job as job
+    import ogkernels.jobs.sam2_masks as job
 
     benchmark.group = "mask job (CPU, random-weight SAM2 Hiera-T)"
     rng = np.random.default_rng(0)

@@ -1,7 +1,8 @@
 """The SAM2 mask job: inputs, sharding, bad input, resumability, and a kill-and-resume run.
 
 The fast tests drive :func:`ogkernels.masks.run_mask_job` with a fake generator; the
-``slow`` ones run ``integration.sam2_mask_job`` with a small random-weight SAM 2.1 Hiera-T
+``slow`` ones run ``ogkernels.jobs.sam2_masks`` (the ``ogkernels-sam2-masks`` console
+script), from a directory outside the checkout, with a small random-weight SAM 2.1 Hiera-T
 (``++model.image_size=256``, 4×4 points, thresholds at 0) on the CPU: its masks are
 meaningless, but the pipeline (image decode, SAM2, packing, store, resume) is the real one.
 """
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import torch
 from ogkernels.masks import (
     MaskFileError,
     MaskStore,
+    MaskStoreError,
     MaskStoreVersionError,
     MaskStoreWriter,
     list_image_folder,
@@ -140,7 +143,7 @@ def test_shards_partition_the_keys():
 
 
 def test_parser_defaults_are_the_reference_settings():
-    from integration.sam2_mask_job import build_parser
+    from ogkernels.jobs.sam2_masks import build_parser
 
     args = build_parser().parse_args(["--images", "x", "--store", "y", "--checkpoint", "c.pt"])
     assert args.config == "configs/sam2.1/sam2.1_hiera_l.yaml"
@@ -212,7 +215,7 @@ def test_nothing_to_do_does_not_build_the_model(tmp_path):
 
 
 def test_cli_exit_codes_and_messages(tmp_path, monkeypatch, capsys):
-    import integration.sam2_mask_job as job
+    import ogkernels.jobs.sam2_masks as job
 
     images = tmp_path / "images"
     _marked_image(images / "a.png", 10)
@@ -229,7 +232,7 @@ def test_cli_exit_codes_and_messages(tmp_path, monkeypatch, capsys):
     assert "1 already done" in capsys.readouterr().out
 
     manifest = tmp_path / "store" / "store.json"
-    manifest.write_text(manifest.read_text().replace('"format_version": 1', '"format_version": 99'))
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 99}))
     assert job.main(argv) == 2
     err = capsys.readouterr().err
     assert str(manifest) in err and "version 99" in err
@@ -240,7 +243,7 @@ def test_cli_exit_codes_and_messages(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_llava_json_input(tmp_path, monkeypatch, capsys):
-    import integration.sam2_mask_job as job
+    import ogkernels.jobs.sam2_masks as job
 
     root = tmp_path / "data"
     _marked_image(root / "coco/1.png", 10)
@@ -254,7 +257,7 @@ def test_cli_llava_json_input(tmp_path, monkeypatch, capsys):
 
 
 def test_sigterm_keeps_finished_images(tmp_path, monkeypatch, capsys):
-    import integration.sam2_mask_job as job
+    import ogkernels.jobs.sam2_masks as job
 
     for i in range(4):
         _marked_image(tmp_path / "images" / f"{i}.png", 10 + i)
@@ -271,6 +274,184 @@ def test_sigterm_keeps_finished_images(tmp_path, monkeypatch, capsys):
     assert "rerun the same command to resume" in capsys.readouterr().err
     assert MaskStore(tmp_path / "s").keys() == ["0.png", "1.png"], "finished images are flushed on SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is not job._raise_interrupt, "the previous handler is restored"
+
+
+# --------------------------------------------------------------------------- the job as a product
+
+
+def test_console_script_and_module_entry_points():
+    """``ogkernels-sam2-masks`` names an installed module's ``main``; the checkout's
+    ``python -m integration.sam2_mask_job`` forwards to the same function."""
+    import ast
+    import importlib
+
+    import integration.sam2_mask_job as shim
+    import ogkernels.jobs.sam2_masks as job
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    scripts = [
+        node.value for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("ogkernels-sam2-masks=")
+    ]  # fmt: skip
+    assert scripts == ["ogkernels-sam2-masks=ogkernels.jobs.sam2_masks:main"]
+    module, function = scripts[0].split("=")[1].split(":")
+    assert getattr(importlib.import_module(module), function) is job.main is shim.main
+
+
+_SETUP_ERRORS = """
+    import contextlib, importlib.util, io, json, sys, torch
+    from pathlib import Path
+    from ogkernels.jobs.sam2_masks import main
+    tmp = Path.cwd()
+    (tmp / "images").mkdir()
+    (tmp / "corrupt.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    torch.save({"weights": {}}, tmp / "nomodel.pt")
+    torch.save({"model": {"not.a.sam2.key": torch.zeros(1)}}, tmp / "unfit.pt")
+    (tmp / "file").write_text("x")
+    (tmp / "llava.json").write_text('[{"image": "../outside.png"}]')
+    base = ["--images", "images", "--store", "store", "--no-progress"]
+    cases = {
+        "missing checkpoint": base + ["--checkpoint", "nope.pt"],
+        "checkpoint is a folder": base + ["--checkpoint", "images"],
+        "corrupt checkpoint": base + ["--checkpoint", "corrupt.pt"],
+        "checkpoint without a model": base + ["--checkpoint", "nomodel.pt"],
+        "checkpoint that does not fit the config": base + ["--checkpoint", "unfit.pt", "--config", "configs/sam2.1/sam2.1_hiera_t.yaml"],
+        "unknown config": base + ["--random-weights", "--config", "configs/nope.yaml"],
+        "missing image folder": ["--images", "nowhere", "--store", "store", "--random-weights"],
+        "store is a file": ["--images", "images", "--store", "file", "--random-weights"],
+        "llava json without image root": ["--llava-json", "llava.json", "--store", "store", "--random-weights"],
+        "llava json leading out": ["--llava-json", "llava.json", "--image-root", "images", "--store", "store", "--random-weights"],
+    }
+    Path("images/a.png").write_bytes(open(sys.argv[1], "rb").read())
+    results = {}
+    for name, argv in cases.items():
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(argv)
+        results[name] = [code, err.getvalue(), Path("store").exists()]
+    results["integration importable"] = importlib.util.find_spec("integration") is not None
+    print("RESULTS", json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_bad_setup_exits_2_with_one_line_and_no_store(tmp_path):
+    """Installed-like (only the ``ogkernels`` package on the path), from a directory outside
+    the checkout: bad paths, configs and checkpoints give a one-line error and exit status
+    2, and leave no store behind."""
+    pytest.importorskip("sam2")
+    image = tmp_path / "img.png"
+    _marked_image(image, 10)
+    work, site = tmp_path / "elsewhere", tmp_path / "site"
+    work.mkdir()
+    site.mkdir()
+    (site / "ogkernels").symlink_to(REPO / "ogkernels")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_SETUP_ERRORS), str(image)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS ")]
+    assert lines, proc.stdout + proc.stderr
+    results = json.loads(lines[-1][len("RESULTS ") :])
+    assert results.pop("integration importable") is False, "the job must not need the checkout"
+    words = {
+        "missing checkpoint": "nope.pt: not found", "checkpoint is a folder": "found a directory",
+        "corrupt checkpoint": "corrupt.pt: not a readable SAM 2 checkpoint", "checkpoint without a model": "'model' state dict",
+        "checkpoint that does not fit the config": "does not fit --config", "unknown config": "configs/nope.yaml",
+        "missing image folder": "--images nowhere", "store is a file": "--store file", "llava json without image root": "--image-root",
+        "llava json leading out": "'../outside.png'",
+    }  # fmt: skip
+    for name, (code, err, store_exists) in results.items():
+        assert code == 2, (name, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("ogkernels-sam2-masks: error: "), (name, err)
+        assert words[name] in err, (name, err)
+        assert not store_exists, f"{name}: left a store behind"
+
+
+# --------------------------------------------------------------------------- concurrent jobs
+
+
+def _job_in_child(root: Path, keys: list[str], lock: str, result: Path) -> None:
+    def slow(image):
+        time.sleep(0.02)
+        return FakeGenerator()(image)
+
+    try:
+        report = run_mask_job(keys, root / "images", root / "store", slow, lock=lock, shard_size=1)
+        result.write_text(json.dumps({"processed": report.processed, "skipped": report.skipped_existing}))
+    except MaskStoreError as exc:
+        result.write_text(json.dumps({"error": str(exc)}))
+
+
+def _fork(target, *args):
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=target, args=args)
+    proc.start()
+    return proc
+
+
+def test_two_unsharded_jobs_do_not_both_process_everything(tmp_path):
+    """Two jobs started together on one store, neither with --shard: one does the work,
+    the other stops at once naming it; the store stays readable without duplicates."""
+    keys = [f"{i}.png" for i in range(12)]
+    for i, key in enumerate(keys):
+        _marked_image(tmp_path / "images" / key, 10 + i)
+    (tmp_path / "store").mkdir()  # the store folder exists: both take the lock before any work
+    results = [tmp_path / f"result{i}.json" for i in range(2)]
+    procs = [_fork(_job_in_child, tmp_path, keys, "job-0of1", result) for result in results]
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    outcomes = sorted((json.loads(r.read_text()) for r in results), key=lambda o: "error" in o)
+    assert outcomes[0] == {"processed": 12, "skipped": 0}
+    assert "another job is writing this part of the store" in outcomes[1]["error"]
+    assert "pid" in outcomes[1]["error"] and "job-0of1.lock" in outcomes[1]["error"]
+    store = MaskStore(tmp_path / "store", verify=True)
+    assert sorted(store.keys()) == sorted(keys) and not store.duplicate_keys
+
+
+def test_job_locks_name_the_holder_and_check_shard_counts(tmp_path, monkeypatch, capsys):
+    import ogkernels.jobs.sam2_masks as job
+    from ogkernels.masks.locks import StoreLock, job_lock_name
+
+    _marked_image(tmp_path / "images" / "a.png", 10)
+    store = tmp_path / "store"
+    monkeypatch.setattr(job, "build_sam2_generator", lambda args: FakeGenerator())
+    argv = ["--images", str(tmp_path / "images"), "--store", str(store), "--random-weights", "--no-progress"]
+    with StoreLock(store, job_lock_name(0, 1)):
+        assert job.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "another job is writing this part of the store" in err and f"pid {os.getpid()}" in err
+        assert len(err.strip().splitlines()) == 1
+        assert job.main(argv + ["--shard", "1/2"]) == 2
+        assert "another shard count" in capsys.readouterr().err
+    assert not (store / "store.json").exists(), "a refused job creates no store"
+    with StoreLock(store, job_lock_name(0, 2)):
+        assert job.main(argv + ["--shard", "1/2"]) == 0  # same count, another shard: fine
+    assert job.main(argv) == 0 and MaskStore(store).keys() == ["a.png"]
+
+
+def _hold_lock(store: Path, ready: Path) -> None:
+    from ogkernels.masks.locks import StoreLock
+
+    lock = StoreLock(store, "job-0of1").acquire()
+    ready.touch()
+    time.sleep(60)
+    lock.release()
+
+
+def test_a_killed_job_releases_its_lock(tmp_path):
+    from ogkernels.masks.locks import StoreLock
+
+    proc = _fork(_hold_lock, tmp_path / "store", tmp_path / "ready")
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(MaskStoreError, match="another job"):
+        StoreLock(tmp_path / "store", "job-0of1").acquire()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(10)
+    StoreLock(tmp_path / "store", "job-0of1").acquire().release()
 
 
 # --------------------------------------------------------------------------- real SAM2 (tiny, random)
@@ -296,7 +477,11 @@ def _dataset(root: Path, count: int) -> list[str]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "integration.sam2_mask_job", *args]
+    return [sys.executable, "-m", "ogkernels.jobs.sam2_masks", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def _same_store(a: Path, b: Path) -> None:
@@ -310,7 +495,7 @@ def _same_store(a: Path, b: Path) -> None:
 
 @pytest.mark.slow
 def test_sam2_job_stores_what_sam2_returns(tmp_path, torch_state):
-    import integration.sam2_mask_job as job
+    import ogkernels.jobs.sam2_masks as job
     from ogkernels.masks.images import load_image_rgb
 
     images = tmp_path / "images"
@@ -319,7 +504,7 @@ def test_sam2_job_stores_what_sam2_returns(tmp_path, torch_state):
     store = MaskStore(tmp_path / "store")
     generate = job.build_sam2_generator(job.build_parser().parse_args(["--images", "x", "--store", "y", *TINY_SAM2]))
     for key in keys:
-        image = load_image_rgb(images / key, key)
+        image = load_image_rgb(images, key)
         records = generate(image)
         assert len(records) > 10, "thresholds at 0 and NMS off: many masks"
         dense = np.stack([r["segmentation"] for r in records])
@@ -334,10 +519,10 @@ def test_sam2_job_killed_then_resumed_equals_uninterrupted(tmp_path, torch_state
     images = tmp_path / "images"
     keys = _dataset(images, 8)
     common = ["--images", str(images), *TINY_SAM2, "--shard-size", "1"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = _env()
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*common, "--store", str(killed)), cwd=REPO, env=env,
+    proc = subprocess.Popen(_cli(*common, "--store", str(killed)), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     shards = killed / "shards"
     deadline = time.monotonic() + 120
@@ -351,12 +536,12 @@ def test_sam2_job_killed_then_resumed_equals_uninterrupted(tmp_path, torch_state
     assert 2 <= len(partial) < len(keys), "killed mid-run: some, not all, images done"
     done_before = len(partial)
 
-    resumed = subprocess.run(_cli(*common, "--store", str(killed)), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(_cli(*common, "--store", str(killed)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{done_before} already done" in resumed.stdout
     assert not list(shards.glob(".tmp-*")), "the resumed writer removes temporary files of the killed one"
 
-    import integration.sam2_mask_job as job  # the uninterrupted run, in this process
+    import ogkernels.jobs.sam2_masks as job  # the uninterrupted run, in this process
 
     assert job.main([*common, "--store", str(tmp_path / "full")]) == 0
     _same_store(killed, tmp_path / "full")
