@@ -12,7 +12,12 @@ shipped in ``tests/data`` (``OGKERNELS_SHARED_DATA`` overrides)): each mask is a
 cache the load ratio follows the bytes-on-disk ratio.
 
 Recorded in ``benchmark.extra_info`` and printed side by side at the end: bytes on disk per
-image (apparent and allocated), write and batch-load times, store vs reference, and masks/s
+image (apparent and allocated), write and batch-load times, store vs reference; the hot read
+path, before and after the header checks (``load_batch`` of the reader at commit
+``ad2f6f5``, format 1, loaded from git, against today's on the same images), and a bare
+``pread`` floor with no checks at all (the least any reader can do); a
+``DataLoader`` with 2 workers serving full bit-packed masks vs stored Phi bitmaps (images/s,
+bytes read and handed over per image); the dataset-wide token-count table (images/s); and masks/s
 of ``ogkernels-sam2-masks`` (``ogkernels.jobs.sam2_masks``) on the CPU with a **small random-weight** SAM 2.1 Hiera-T
 (image size 256, 4×4 points): a smoke figure for the pipeline, not SAM2-L throughput.
 """
@@ -146,6 +151,18 @@ def _print_summary(request):
         base = RESULTS.get("load+phi/reference" if name.startswith("load+phi") else "load/reference", {}).get("median_s")
         if value and base:
             write(f"  {name:<18} reference {base * 1e3:9.2f} ms/batch | store {value * 1e3:9.2f} ms/batch | speedup {base / value:6.1f}x")
+    hot = {name: RESULTS.get(f"hot/{name}", {}).get("median_s") for name in ("before", "after", "pread_floor")}
+    if all(hot.values()):
+        write(f"  hot read path (median ms/batch): before {hot['before'] * 1e3:7.2f} | after {hot['after'] * 1e3:7.2f} "
+              f"(after/before {hot['after'] / hot['before']:4.2f}x) | bare pread floor {hot['pread_floor'] * 1e3:7.2f}")
+    for name in ("masks", "bitmaps"):
+        row = RESULTS.get(f"loader/{name}")
+        if row and row.get("median_s"):
+            write(f"  DataLoader (2 workers) {name:<8}: {row['images'] / row['median_s']:8.1f} images/s, "
+                  f"{row['disk_bytes_per_image']:>10,.0f} B/image read, {row['handed_bytes_per_image']:>10,.0f} B/image handed over")
+    counts = RESULTS.get("counts")
+    if counts:
+        write(f"  token-count table from stored bitmaps: {counts['images_per_second']:,.0f} images/s ({counts['images']} images)")
     job = RESULTS.get("job")
     if job:
         write(f"  mask job (CPU, random-weight SAM 2.1 Hiera-T @256, 4x4 points): {job['masks_per_second']:.1f} masks/s, {job['images_per_second']:.2f} images/s")
@@ -235,6 +252,149 @@ def test_load_and_downsample(benchmark, dataset, layout):
     out = benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     assert out.shape == (sum(len(dataset["images"][k]) for k in dataset["keys"]), 576)
     _record(benchmark, f"load+phi/{layout}")
+
+
+# --------------------------------------------------------------------------- hot read path
+
+
+def _pread_floor(store: MaskStore, keys: list[str]) -> list[np.ndarray]:
+    """The least a reader can do for a batch: one buffer, one ``pread`` per record, no checks."""
+    infos = [store.info(k) for k in keys]
+    spans = []
+    for key in keys:  # the record ranges, taken from the store's own index
+        row = store._row(key)
+        spans.append((store._shards[int(store._columns["shard"][row])].path, int(store._columns["data_offset"][row]),
+                      int(store._columns["data_nbytes"][row])))  # fmt: skip
+    buffer = np.empty(sum(n for _, _, n in spans), np.uint8)
+    out, start = [], 0
+    for (path, offset, nbytes), info in zip(spans, infos):
+        fd = _FDS.get(path)
+        if fd is None:
+            fd = _FDS[path] = os.open(path, os.O_RDONLY)
+        os.preadv(fd, [memoryview(buffer[start : start + nbytes])], offset)
+        out.append(buffer[start : start + nbytes])
+        start += nbytes
+    return out
+
+
+_FDS: dict[Path, int] = {}
+
+
+BEFORE = "ad2f6f5"  # the mask store before the header checks (format version 1)
+
+
+def _store_before():
+    """``(MaskStore, MaskStoreWriter)`` of the mask store at commit BEFORE, from git."""
+    import importlib
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="masks_before_"))
+    for name in ("atomic", "errors", "format", "metadata", "reader", "rle", "writer"):
+        source = subprocess.run(["git", "show", f"{BEFORE}:ogkernels/masks/{name}.py"], cwd=REPO, capture_output=True, text=True)
+        if source.returncode != 0:
+            pytest.skip(f"the reader at {BEFORE} is not in this checkout's git history")
+        (folder / f"{name}.py").write_text(source.stdout)
+    (folder / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location("ogkernels._masks_before", folder / "__init__.py", submodule_search_locations=[str(folder)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package
+    spec.loader.exec_module(package)
+    reader, writer = (importlib.import_module(f"ogkernels._masks_before.{m}") for m in ("reader", "writer"))
+    return reader.MaskStore, writer.MaskStoreWriter
+
+
+@pytest.mark.parametrize("reader", ["before", "after", "pread_floor"])
+def test_hot_read_path(benchmark, dataset, reader):
+    """Validation lives at open: per batch, load_batch costs what it did before the checks."""
+    benchmark.group = f"hot read path: batch of {BATCH}, warm cache"
+    if reader == "before":
+        store_class, writer_class = _store_before()
+        root = dataset["root"] / "store_before"
+        if not root.is_dir():
+            with writer_class(root, shard_size=NUM_IMAGES) as writer:
+                for key, masks in dataset["images"].items():
+                    writer.add(key, masks)
+        store = store_class(root)
+    else:
+        root = dataset["root"] / "store_packbits"
+        if not root.is_dir():
+            _write_store(root, dataset["images"], "packbits")
+        store = MaskStore(root)
+    run = (lambda: _pread_floor(store, dataset["keys"])) if reader == "pread_floor" else (lambda: store.load_batch(dataset["keys"]))
+    out = benchmark(run)
+    first = out[0] if reader == "pread_floor" else out[0].bits.numpy().reshape(-1)
+    np.testing.assert_array_equal(first, np.packbits(dataset["images"][dataset["keys"][0]].reshape(-1, HEIGHT * WIDTH), axis=1).reshape(-1))
+    _record(benchmark, f"hot/{reader}")
+
+
+# --------------------------------------------------------------------------- loader: masks vs bitmaps
+
+
+class _StoreDataset(torch.utils.data.Dataset):
+    """One image's full bit-packed masks, or its stored Phi bitmaps (576, flat)."""
+
+    def __init__(self, root: Path, keys: list[str], kind: str) -> None:
+        self.store, self.keys, self.kind = MaskStore(root), keys, kind
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int):
+        key = self.keys[index]
+        if self.kind == "masks":
+            return self.store.get(key).bits
+        bitmaps = self.store.load_bitmaps([key], 576)[0]
+        return bitmaps.bits, bitmaps.nonempty
+
+
+@pytest.mark.parametrize("kind", ["masks", "bitmaps"])
+def test_loader_masks_vs_bitmaps(benchmark, dataset, kind):
+    """A DataLoader with 2 workers over the 16 images (batch 4, persistent workers), one epoch a round."""
+    from ogkernels.masks.bitmap_store import BitmapParams
+    from ogkernels.masks.downsample_job import downsample_store
+
+    benchmark.group = "DataLoader, 2 workers: full masks vs stored bitmaps"
+    root = dataset["root"] / "store_packbits"
+    if not root.is_dir():
+        _write_store(root, dataset["images"], "packbits")
+    downsample_store(root, BitmapParams.of(576))
+    keys = list(dataset["images"])
+    loader = torch.utils.data.DataLoader(_StoreDataset(root, keys, kind), batch_size=4, num_workers=2,
+                                         persistent_workers=True, collate_fn=list)  # fmt: skip
+    list(loader)  # start the workers outside the timing
+
+    def epoch():
+        return [item for batch in loader for item in batch]
+
+    items = benchmark.pedantic(epoch, rounds=5, iterations=1)
+    masks = sum(len(m) for m in dataset["images"].values())
+    if kind == "masks":
+        handed = sum(t.nbytes for t in items)
+        disk = handed
+    else:
+        handed = sum(bits.nbytes + nonempty.nbytes for bits, nonempty in items)
+        disk = masks * (BitmapParams.of(576).row_bytes + 1)
+    _record(benchmark, f"loader/{kind}", images=len(keys), disk_bytes_per_image=disk / len(keys), handed_bytes_per_image=handed / len(keys))
+
+
+def test_token_count_table(benchmark, dataset):
+    """Lengths up front: every image's OG token count from the stored bitmaps (no cache)."""
+    from ogkernels.masks.bitmap_store import BitmapParams
+    from ogkernels.masks.counts import token_count_table
+    from ogkernels.masks.downsample_job import downsample_store
+
+    benchmark.group = "token-count table"
+    root = dataset["root"] / "store_packbits"
+    if not root.is_dir():
+        _write_store(root, dataset["images"], "packbits")
+    downsample_store(root, BitmapParams.of(576))
+    store = MaskStore(root)
+    table = benchmark.pedantic(lambda: token_count_table(store, 576, cache=False), rounds=3, iterations=1)
+    assert len(table.keys) == NUM_IMAGES
+    _record(benchmark, "counts", images=NUM_IMAGES, images_per_second=NUM_IMAGES / _median(benchmark) if _median(benchmark) else table.images_per_second)
 
 
 # --------------------------------------------------------------------------- the mask job

@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -80,7 +79,9 @@ def rewrite_header(shard: Path, mutate: Callable[[dict, dict], None], fix_desc_c
 
 
 def flip_byte(shard: Path, tensor: str, offset: int = 0) -> None:
-    span = read_shard_header(shard).tensors[tensor]
+    from ogkernels.masks.bitmap_store import BITMAP_SHARD
+
+    span = read_shard_header(shard, BITMAP_SHARD if "bitmaps" in shard.parts else MASK_SHARD).tensors[tensor]
     raw = bytearray(shard.read_bytes())
     raw[span.begin + offset] ^= 0x10
     shard.write_bytes(bytes(raw))
@@ -516,7 +517,46 @@ BUDGET_CASES = [
     _mask_file_case("budget CLI: a directory", lambda tmp: tmp, ("cannot read", "directory")),
 ]
 
-CASES = SHARD_CASES + FILE_CASES + KEY_CASES + CHECKPOINT_CASES + BUDGET_CASES
+def _bitmap_case(name, damage, words):
+    """A store with bitmaps of grid 16; ``damage(bitmap_shard, folder)``, then load them."""
+
+    def build(tmp: Path):
+        from ogkernels.masks.bitmap_store import BitmapParams
+        from ogkernels.masks.downsample_job import downsample_store
+
+        make_store(tmp / "store")
+        params = BitmapParams.of(16)
+        downsample_store(tmp / "store", params)
+        folder = tmp / "store" / "bitmaps" / params.name
+        damage(next(folder.glob("*.safetensors")), folder)
+        return lambda: MaskStore(tmp / "store").load_bitmaps(["a.jpg", "b/c.jpg"], 16)
+
+    return Case(name, build, MaskStoreError, words)
+
+
+def _lying_params(shard: Path, folder: Path) -> None:
+    (folder / "params.json").write_text('{"grid": [1, 16], "alpha": 0.25, "mode": "flat", "frame": "none"}')
+
+
+def _forged_bitmap_start(shard: Path, folder: Path) -> None:
+    rewrite_header(shard, set_column("mask_start", 1, 0))
+
+
+def _other_params_meta(shard: Path, folder: Path) -> None:
+    rewrite_header(shard, _tensor_table(lambda h: h["__metadata__"].update(params='{"grid": [1, 9], "alpha": 0.5, "mode": "flat", "frame": "none"}')))
+
+
+BITMAP_CASES = [
+    _bitmap_case("bitmaps: flipped bit", lambda shard, folder: flip_byte(shard, "bits", 1), ("'a.jpg'", "crc32", "bitmap record")),
+    _bitmap_case("bitmaps: flipped nonempty byte", lambda shard, folder: flip_byte(shard, "nonempty", 2), ("'b/c.jpg'", "crc32")),
+    _bitmap_case("bitmaps: params.json that lies", _lying_params, ("params.json", "a folder name that lies")),
+    _bitmap_case("bitmaps: forged mask_start", _forged_bitmap_start, ("'b/c.jpg'", "mask_start", "back to back")),
+    _bitmap_case("bitmaps: shard of other parameters", _other_params_meta, ("__metadata__.params", "1, 9")),
+    Case("budget CLI: --store names a file", lambda tmp: budget_cli("--store", str(save_torch(tmp / "x.pt", {}))),
+         SystemExit, ("x.pt", "not a mask store")),  # fmt: skip
+]
+
+CASES = SHARD_CASES + FILE_CASES + KEY_CASES + CHECKPOINT_CASES + BUDGET_CASES + BITMAP_CASES
 
 
 def _message(info: pytest.ExceptionInfo, capsys) -> str:
@@ -582,6 +622,13 @@ HANG_CASES = {
     "LLaVA JSON that is a FIFO": (
         "os.mkfifo(tmp / 'llava.json'); list_llava_json(tmp / 'llava.json')",
         ("MaskFileError", "llava.json", "FIFO"),
+    ),
+    "FIFO named *.safetensors among the bitmaps": (
+        "import torch\nfrom ogkernels.masks.bitmap_store import BitmapParams, BitmapWriter\n"
+        "make_store(tmp / 's')\n"
+        "with BitmapWriter(tmp / 's', BitmapParams.of(16)) as w: w.add('a.jpg', torch.zeros(2, 16, dtype=torch.bool), torch.ones(2, dtype=torch.bool), 0)\n"
+        "os.mkfifo(tmp / 's/bitmaps/flat-1x16-alpha0.5-none/zz.safetensors'); MaskStore(tmp / 's').load_bitmaps(['a.jpg'], 16)",
+        ("MaskStoreError", "zz.safetensors", "FIFO"),
     ),
     "checkpoint that is a FIFO": (
         "os.mkfifo(tmp / 'mm_projector.bin'); load_reference_checkpoint(tmp / 'mm_projector.bin')",

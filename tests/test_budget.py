@@ -640,3 +640,58 @@ def test_cli_og_with_mask_files(capsys, tmp_path):
     assert [im["tokens"]["og"] for im in data["images"]] == [None, *_reference_lengths([first, second], 36)]
     assert [(im["height"], im["width"]) for im in data["images"]] == [(480, 640), (30, 40), (20, 10)]
     assert data["batch"]["og"]["lengths"] == _reference_lengths([first, second], 36)
+
+
+def _bitmap_store(root, masks_per_image):
+    from ogkernels.masks import MaskStoreWriter
+    from ogkernels.masks.bitmap_store import BitmapParams
+    from ogkernels.masks.downsample_job import downsample_store
+
+    with MaskStoreWriter(root) as writer:
+        for i, masks in enumerate(masks_per_image):
+            writer.add(f"img/{i}.jpg", masks)
+    downsample_store(root, BitmapParams.of(36))
+    return root
+
+
+def test_cli_store_distribution_and_caps(capsys, tmp_path):
+    """`--store`: the dataset's counts equal og_token_counts of the stored masks; a cap's
+    effect equals og_token_counts with max_image_tokens; --plot writes a PNG."""
+    from ogkernels.masks import MaskStore
+
+    images = [_random_masks(i, n, 30, 40, 0.5) for i, n in enumerate((1, 3, 6, 2, 0))]
+    root = _bitmap_store(tmp_path / "store", images)
+    plot = tmp_path / "tokens.png"
+    data = _json_run(capsys, ["--store", str(root), "--grid", "36", "--cap", "40", "90", "--plot", str(plot)])
+    masks = MaskStore(root).load_batch(MaskStore(root).keys())
+    counts = og_token_counts(masks, 36, gate=False)
+    d = data["distribution"]
+    assert (d["images"], d["total"], d["min"], d["max"]) == (5, sum(counts), min(counts), max(counts))
+    assert d["p50"] == float(np.percentile(counts, 50))
+    assert sum(b["images"] for b in data["histogram"]) == 5
+    for cap, effect in zip((40, 90), data["caps"]):
+        capped = og_token_counts(masks, 36, gate=False, max_image_tokens=cap)
+        assert effect["tokens_dropped"] == sum(counts) - sum(capped)
+        assert effect["images_over"] == sum(c > k for c, k in zip(counts, capped)) and effect["max_after"] == max(capped)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["--store", str(root), "--grid", "36", "--cap", "40"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(counts)} images" in out and "cached" in out and "images_over_cap" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--store", "{tmp}/nope", "--grid", "36"], "not a mask store"),
+        (["--store", "{store}", "--grid", "49"], "downsample {store} --grid 49"),
+        (["--store", "{store}", "--grid", "36", "--image", "10x10"], "--store: give it alone"),
+        (["--store", "{store}", "--grid", "36", "--cap", "0"], "--cap: expected ints >= 1"),
+        (["--store", "{store}", "--grid", "36", "--frame", "pad"], "frame"),
+    ],
+)
+def test_cli_store_errors(capsys, tmp_path, argv, message):
+    store = _bitmap_store(tmp_path / "store", [_random_masks(1, 1, 8, 8, 0.5)])
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{store}", str(store)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{store}", str(store)) in err and len(err.strip().splitlines()) == 1

@@ -233,7 +233,7 @@ def test_temporary_files_are_ignored_and_failed_writes_leave_nothing(tmp_path, m
 
     import ogkernels.masks.format as fmt
 
-    def boom(path, index, tensors):
+    def boom(path, index, tensors, *rest):
         def write(handle):
             handle.write(b"half a shard")
             raise OSError("disk full")

@@ -242,6 +242,23 @@ def test_cli_exit_codes_and_messages(tmp_path, monkeypatch, capsys):
     assert "shard" in capsys.readouterr().err
 
 
+def test_cli_writes_bitmaps_as_it_goes(tmp_path, monkeypatch):
+    import ogkernels.jobs.sam2_masks as job
+    from ogkernels import downsample_masks
+
+    for i in range(3):
+        _marked_image(tmp_path / "images" / f"{i}.png", 10 + i)
+    monkeypatch.setattr(job, "build_sam2_generator", lambda args: FakeGenerator())
+    argv = ["--images", str(tmp_path / "images"), "--store", str(tmp_path / "s"), "--random-weights", "--no-progress",
+            "--bitmaps", "36", "--bitmaps", "6x6,0.25,patch,pad", "--shard-size", "2"]  # fmt: skip
+    assert job.main(argv) == 0
+    store = MaskStore(tmp_path / "s")
+    for grid, options in ((36, {}), ((6, 6), {"alpha": 0.25, "mode": "patch", "frame": "pad"})):
+        for key, bitmaps in zip(store.keys(), store.load_bitmaps(store.keys(), grid, **options)):
+            assert torch.equal(bitmaps.bits, downsample_masks(store[key], grid, **options)), key
+    assert job.main(argv[:-4] + ["--bitmaps", "36,x"]) == 2
+
+
 def test_cli_llava_json_input(tmp_path, monkeypatch, capsys):
     import ogkernels.jobs.sam2_masks as job
 

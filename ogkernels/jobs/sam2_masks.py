@@ -48,6 +48,7 @@ from ..masks import (
     run_mask_job,
     select_shard,
 )
+from ..masks.bitmap_store import BitmapParams
 from ..masks.files import open_regular
 
 DEFAULT_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--encoding", choices=("packbits", "rle"), default="packbits")
     parser.add_argument("--order", choices=("lexicographic", "numeric"), default="lexicographic",
                         help="mask order in the store: the reference loader's (mask_10 before mask_2, default) or SAM2's")
+    parser.add_argument("--bitmaps", action="append", default=[], metavar="GRID[,ALPHA[,MODE[,FRAME]]]",
+                        help="also write the Phi bitmaps of these parameters as the job goes, e.g. 576 or "
+                             "24x24,0.5,patch,pad (repeatable; see python -m ogkernels.masks downsample)")
     parser.add_argument("--failures-json", type=Path, help="also write the failures to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -233,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_args(args)
         index, count = resolve_shard(args.shard)
+        bitmaps = [BitmapParams.parse(spec) for spec in args.bitmaps]
         keys, image_root = _keys_and_root(args)
         keys = select_shard(keys, index, count)
         if args.limit is not None:
@@ -248,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shard_size=args.shard_size,
             encoding=args.encoding,
             order=args.order,
+            bitmaps=bitmaps,
             progress=_progress_factory(args, index, count),
         )
     except (JobSetupError, MaskStoreError, ValueError) as exc:  # MaskFileError is a MaskStoreError

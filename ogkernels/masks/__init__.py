@@ -7,7 +7,10 @@
 * :func:`import_reference_layout`: convert the reference's one-``.npy``-per-mask folders.
 * :func:`run_mask_job`: the resumable, sharded mask-generation loop behind
   ``python -m integration.sam2_mask_job``.
-* ``python -m ogkernels.masks {import,info,verify}``: the command line.
+* :class:`BitmapParams`, :func:`downsample_store`, :meth:`MaskStore.load_bitmaps`: the Phi
+  bitmaps kept beside the masks (:mod:`~ogkernels.masks.bitmap_store`);
+  :func:`token_count_table`: every image's OG token count from them, cached in the store.
+* ``python -m ogkernels.masks {import,info,verify,downsample}``: the command line.
 
 Untrusted input: keys follow one grammar (:mod:`~ogkernels.masks.keys`), only regular files
 are opened and dataset paths stay inside their root (:mod:`~ogkernels.masks.files`), every
@@ -15,6 +18,9 @@ shard header is checked on open (:mod:`~ogkernels.masks.shard_index`), and concu
 are coordinated by locks (:mod:`~ogkernels.masks.locks`).
 """
 
+from .bitmap_store import BitmapParams
+from .counts import TokenCountTable, token_count_table
+from .downsample_job import DownsampleReport, downsample_store
 from .errors import MaskFileError, MaskStoreError, MaskStoreVersionError
 from .format import FORMAT_VERSION
 from .keys import check_key, key_problem
@@ -45,6 +51,11 @@ from .writer import MaskStoreWriter
 
 __all__ = [
     "FORMAT_VERSION",
+    "BitmapParams",
+    "DownsampleReport",
+    "TokenCountTable",
+    "downsample_store",
+    "token_count_table",
     "ImageInfo",
     "ImportReport",
     "JobReport",

@@ -1,10 +1,12 @@
-"""Command line: ``python -m ogkernels.masks {import,info,verify} ...``.
+"""Command line: ``python -m ogkernels.masks {import,info,verify,downsample} ...``.
 
 * ``import SRC STORE``: convert the reference layout (``SRC/partition_*/<key>/mask_<i>.npy``).
 * ``info STORE``: images, masks, shards and bytes of a store, duplicate keys, leftovers.
 * ``verify STORE [--image-root DIR]``: read every record with its CRC checked (and compare
   the recorded sizes with the images' when ``--image-root`` is given; images outside the
   root are refused); duplicate keys whose records differ are problems too.
+* ``downsample STORE --grid 576 [--alpha 0.5 --mode flat|patch --frame none|pad|crop]``:
+  write the Phi bitmaps of every image (resumable; several parameter sets coexist).
 
 Exit status: 0 fine, 1 some images failed, 2 unusable arguments or store.
 """
@@ -18,6 +20,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import TEMP_PREFIX
+from .bitmap_store import BITMAP_DIR, BitmapParams
+from .files import read_regular
+from .format import parse_json
+from .downsample_job import downsample_store
 from .errors import MaskStoreError
 from .format import SHARD_DIR
 from .images import image_path, read_image_size
@@ -63,6 +69,11 @@ def _info(args: argparse.Namespace) -> int:
     if store.duplicate_keys:
         print(f"  duplicate keys: {len(store.duplicate_keys)}, {len(store.conflicting_keys)} of them with differing "
               "records (the record indexed first is used; `verify` lists them)")
+    bitmap_root = store.root / BITMAP_DIR
+    for folder in sorted(p for p in bitmap_root.iterdir() if p.is_dir()) if bitmap_root.is_dir() else []:
+        found = store.bitmap_set(BitmapParams.from_json(folder / "params.json", parse_json(read_regular(folder / "params.json", 1 << 16))))
+        current = sum(found.find(k, *store.record_identity(k)) is not None for k in keys)
+        print(f"  bitmaps {found.params.name}: {current} of {len(keys)} images up to date, {len(found.headers)} shards")
     leftovers = list((store.root / SHARD_DIR).glob(f"{TEMP_PREFIX}*"))
     if leftovers:
         print(f"  temporary files: {len(leftovers)} (in-flight writes, or leftovers of killed writers)")
@@ -95,6 +106,26 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if not failures else 1
 
 
+def _downsample(args: argparse.Namespace) -> int:
+    params = BitmapParams.of(args.grid, alpha=args.alpha, mode=args.mode, frame=args.frame)
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        progress = lambda items: tqdm(items, unit="batch", desc=params.name)  # noqa: E731
+    report = downsample_store(args.store, params, batch_size=args.batch_size, device=args.device, progress=progress)
+    print(report.summary())
+    return 0
+
+
+def _grid(text: str) -> int | tuple[int, int]:
+    """``"576"`` -> 576, ``"24x24"`` -> (24, 24)."""
+    parts = text.lower().replace("×", "x").split("x")
+    if not all(p.strip().isdigit() for p in parts) or len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected V or GHxGW with positive ints (e.g. 576 or 24x24), got {text!r}")
+    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ogkernels.masks", description="ogkernels mask store tools")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,9 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ver = commands.add_parser("verify", help="CRC-check every record")
     ver.add_argument("store", type=Path)
     ver.add_argument("--image-root", type=Path)
+    down = commands.add_parser("downsample", help="write the Phi bitmaps of every image")
+    down.add_argument("store", type=Path)
+    down.add_argument("--grid", type=_grid, required=True, help="V (flat) or GHxGW, e.g. 576 or 24x24")
+    down.add_argument("--alpha", type=float, default=0.5)
+    down.add_argument("--mode", choices=("flat", "patch"), default="flat")
+    down.add_argument("--frame", choices=("none", "pad", "crop"), default="none")
+    down.add_argument("--batch-size", type=int, default=32)
+    down.add_argument("--device", default=None, help="where Phi runs (e.g. cuda); default the CPU")
+    down.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        return {"import": _import, "info": _info, "verify": _verify}[args.command](args)
+        return {"import": _import, "info": _info, "verify": _verify, "downsample": _downsample}[args.command](args)
     except (MaskStoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

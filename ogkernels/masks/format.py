@@ -148,6 +148,8 @@ def manifest_path(root: str | os.PathLike) -> Path:
 def read_manifest(root: str | os.PathLike) -> dict:
     """Read and check ``<root>/store.json``; raises :class:`MaskStoreError` naming it."""
     path = manifest_path(root)
+    if Path(root).exists() and not Path(root).is_dir():
+        raise MaskStoreError(root, "not a mask store: expected a directory, found a file")
     try:
         raw = read_regular(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
@@ -211,6 +213,14 @@ class ShardHeader:
     @property
     def num_images(self) -> int:
         return len(self.index["keys"])
+
+
+def list_shards(directory: str | os.PathLike) -> list[Path]:
+    """The shard files in ``directory``, sorted by name (temporary and hidden files excluded)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.name.endswith(SHARD_SUFFIX) and not p.name.startswith("."))
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -10,6 +10,7 @@ truncated or corrupt image, masks of the wrong size, a generator error) are coll
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -20,12 +21,14 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from .._validation import check_choice, fail
+from .bitmap_store import BitmapParams, BitmapWriter
+from .downsample_job import downsample_store, phi_bitmaps
 from .errors import MaskFileError, MaskStoreError
 from .files import NotRegularFileError, WalkProblem, open_regular, walk_inside
 from .format import manifest_path
 from .images import image_path, load_image_rgb
 from .keys import key_problem
-from .locks import StoreLock, job_lock_name
+from .locks import StoreLock
 from .order import ORDER_CHOICES
 from .reader import MaskStore
 from .report import MaskFailure
@@ -175,6 +178,12 @@ class JobReport:
         return "\n".join(lines)
 
 
+def keys_done(store: Path, keys: Sequence[str]) -> list[str]:
+    """The ``keys`` that are in ``store``."""
+    done = _done_keys(store)
+    return [k for k in dict.fromkeys(keys) if k in done]
+
+
 def _done_keys(store: Path) -> set[str]:
     """The keys already in ``store``, or none when there is no store yet."""
     if not os.path.lexists(manifest_path(store)):
@@ -195,6 +204,7 @@ def run_mask_job(
     encoding: str = "packbits",
     order: str = "lexicographic",
     lazy_generator: bool = False,
+    bitmaps: Sequence[BitmapParams] = (),
     progress: Callable[..., Any] | None = None,
 ) -> JobReport:
     """Generate and store the masks of ``keys`` (those not in the store yet).
@@ -217,6 +227,9 @@ def run_mask_job(
             lose less work when the job is killed.
         order: mask order in the store, ``"lexicographic"`` (default: what the reference
             loader would feed the model) or ``"numeric"`` (SAM2 output order).
+        bitmaps: Phi parameter sets whose bitmaps are written too, image by image (then
+            for images of ``keys`` already in the store without them: a rerun completes
+            what a kill left undone).
         progress: ``tqdm.tqdm``-like factory ``progress(total=..., unit=...)`` with
             ``update(n)``, ``set_postfix_str(s)`` and ``close()``; ``None`` for silence.
 
@@ -246,23 +259,28 @@ def run_mask_job(
         done = _done_keys(store)  # again, under the lock: another job may have finished some
         todo = [k for k in todo if k not in done]
         report.skipped_existing = len(keys) - len(todo)
-        if not todo:
-            return report
-        _run(todo, Path(image_root), generator, writer, order, report, progress)
+        if todo:
+            _run(todo, Path(image_root), generator, writer, bitmaps, order, report, progress)
+        if bitmaps and manifest_path(store).is_file():  # images done before (or killed before their bitmaps)
+            for params in bitmaps:
+                downsample_store(store, params, keys=keys_done(store, keys), writer_id=writer_id, lock=False)
     finally:
         if job_lock is not None:
             job_lock.release()
     return report
 
 
-def _run(todo: list[str], image_root: Path, generator: MaskGenerator, writer: MaskStoreWriter, order: str,
-         report: JobReport, progress: Callable[..., Any] | None) -> None:  # fmt: skip
+def _run(todo: list[str], image_root: Path, generator: MaskGenerator, writer: MaskStoreWriter, bitmaps: Sequence[BitmapParams],
+         order: str, report: JobReport, progress: Callable[..., Any] | None) -> None:  # fmt: skip
     bar = progress(total=len(todo), unit="img", dynamic_ncols=True) if progress is not None else None
     start = time.perf_counter()
+    bitmap_writers = [BitmapWriter(writer.root, p, writer_id=writer.writer_id, shard_size=writer.shard_size) for p in bitmaps]
     try:
-        with writer:
+        with contextlib.ExitStack() as stack, writer:  # the masks flush first: a bitmap never precedes its record
+            for bitmap_writer in bitmap_writers:
+                stack.enter_context(bitmap_writer)
             for key in todo:
-                failure = _process_one(key, image_root, generator, writer, order, report)
+                failure = _process_one(key, image_root, generator, writer, bitmap_writers, order, report)
                 if failure is not None:
                     report.failures.append(failure)
                 report.seconds = time.perf_counter() - start
@@ -276,8 +294,9 @@ def _run(todo: list[str], image_root: Path, generator: MaskGenerator, writer: Ma
 
 
 def _process_one(
-    key: str, image_root: Path, generator: MaskGenerator, writer: MaskStoreWriter, order: str, report: JobReport
-) -> MaskFailure | None:
+    key: str, image_root: Path, generator: MaskGenerator, writer: MaskStoreWriter, bitmap_writers: list[BitmapWriter],
+    order: str, report: JobReport,
+) -> MaskFailure | None:  # fmt: skip
     path = image_path(image_root, key)
     try:
         image = load_image_rgb(image_root, key)
@@ -292,7 +311,10 @@ def _process_one(
             masks, metadata = masks_from_sam2(records, height, width, order=order, source="generator output")
         except (TypeError, ValueError) as exc:
             raise MaskFileError(path, str(exc), key=key) from exc
-        writer.add(key, masks, metadata, order=order)
+        crc32 = writer.add(key, masks, metadata, order=order)
+        for bitmap_writer in bitmap_writers:
+            bits, nonempty = phi_bitmaps([masks], bitmap_writer.params)[0]
+            bitmap_writer.add(key, bits, nonempty, crc32)
     except MaskStoreError as exc:
         if exc.path != str(path):  # the store itself (e.g. a failed shard write): fatal
             raise

@@ -16,12 +16,14 @@ import numpy as np
 import torch
 
 from .._validation import check_choice, check_positive_int, fail
+from ..bitmaps import MaskBitmaps
 from ..packed_masks import PackedMasks, packed_row_bytes
+from .bitmap_store import BitmapParams, BitmapSet, load_bitmaps
 from .errors import MaskStoreError
-from .files import open_regular_fd
-from .format import METADATA_FIELDS, SHARD_DIR, SHARD_SUFFIX, ShardHeader, file_identity, read_manifest, read_shard_header
+from .format import METADATA_FIELDS, SHARD_DIR, ShardHeader, list_shards, read_manifest, read_shard_header
 from .metadata import MaskMetadata
 from .rle import decode_rle
+from .shard_files import ShardFiles
 from .shard_index import ENCODINGS, MASK_INT_COLUMNS, ORDERS, check_mask_index
 
 
@@ -40,16 +42,6 @@ class ImageInfo:
 
 
 _COLUMNS = MASK_INT_COLUMNS + ("crc_start",)
-
-
-def list_shards(directory: str | os.PathLike) -> list[Path]:
-    """The shard files in ``directory``, sorted by name (temporary and hidden files excluded)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    return sorted(
-        p for p in directory.iterdir() if p.name.endswith(SHARD_SUFFIX) and not p.name.startswith(".")
-    )
 
 
 class MaskStore:
@@ -98,8 +90,7 @@ class MaskStore:
         self.max_open_files = check_positive_int("max_open_files", max_open_files)
         self.manifest = read_manifest(self.root)
         self._lock = threading.Lock()
-        self._fds: OrderedDict[int, int] = OrderedDict()
-        self._fd_pid = os.getpid()
+        self._files = ShardFiles(self.max_open_files)
         self._shard_arrays: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self._shards: list[ShardHeader] = []
         self._row_keys: list[str] = []  # the key of every row (rows of ignored duplicates too)
@@ -108,6 +99,7 @@ class MaskStore:
         self._columns.update(shard=np.zeros(0, np.int64), encoding=np.zeros(0, np.uint8), order=np.zeros(0, np.uint8))
         self.duplicate_keys: dict[str, list[Path]] = {}
         self.conflicting_keys: list[str] = []
+        self._bitmap_sets: dict[BitmapParams, BitmapSet] = {}
         self.refresh()
 
     # ------------------------------------------------------------------ index
@@ -187,6 +179,11 @@ class MaskStore:
     def shards(self) -> list[Path]:
         return [header.path for header in self._shards]
 
+    @property
+    def shard_sizes(self) -> list[tuple[str, int]]:
+        """``(name, bytes)`` of every indexed shard: with immutable shards, the store's identity."""
+        return [(header.path.name, header.file_size) for header in self._shards]
+
     def info(self, key: str) -> ImageInfo:
         """Size, mask count, encoding, order and shard of image ``key``."""
         row = self._row(key)
@@ -207,42 +204,9 @@ class MaskStore:
     def _error(self, row: int, message: str) -> MaskStoreError:
         return MaskStoreError(self._shards[int(self._columns["shard"][row])].path, message, key=self._row_keys[row])
 
-    def _fd(self, shard_id: int) -> int:
-        with self._lock:
-            if self._fd_pid != os.getpid():  # forked: do not share the parent's LRU state
-                self._fds = OrderedDict()
-                self._fd_pid = os.getpid()
-            fd = self._fds.get(shard_id)
-            if fd is not None:
-                self._fds.move_to_end(shard_id)
-                return fd
-            header = self._shards[shard_id]
-            try:
-                fd = open_regular_fd(header.path)
-            except OSError as exc:
-                raise MaskStoreError(header.path, f"cannot open the shard: {exc.strerror or exc}") from exc
-            if file_identity(os.fstat(fd)) != header.identity:
-                os.close(fd)
-                raise MaskStoreError(header.path, "the shard changed on disk since it was indexed (shards are "
-                                                  "immutable: another program rewrote it); open the store again")  # fmt: skip
-            self._fds[shard_id] = fd
-            while len(self._fds) > self.max_open_files:
-                _, old = self._fds.popitem(last=False)
-                os.close(old)
-            return fd
-
     def _read_into(self, shard_id: int, offset: int, out: np.ndarray) -> None:
-        """Fill the uint8 array ``out`` with the shard bytes at absolute ``offset``."""
-        if out.nbytes == 0:
-            return
-        fd = self._fd(shard_id)
-        view = memoryview(out.reshape(-1)).cast("B")
-        done = 0
-        while done < len(view):
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise MaskStoreError(self._shards[shard_id].path, f"unexpected end of file at byte {offset + done}")
-            done += got
+        """Fill ``out`` with the shard's bytes from absolute ``offset``."""
+        self._files.read_into(self._shards[shard_id], offset, out)
 
     def _shard_array(self, shard_id: int, name: str) -> np.ndarray:
         """A whole per-mask tensor of a shard (cached), checked against ``tensor_crc32``."""
@@ -359,28 +323,82 @@ class MaskStore:
             for (n, h, w), begin, end in zip(shapes, offsets[:-1], offsets[1:])
         ]
 
+    # ------------------------------------------------------------------ bitmaps
+
+    def record_identity(self, key: str) -> tuple[int, int]:
+        """``(crc32, num_masks)`` of the record of ``key``: what its bitmaps must come from."""
+        row = self._row(key)
+        return int(self._columns["crc32"][row]), int(self._columns["num_masks"][row])
+
+    def bitmap_set(self, params: BitmapParams) -> BitmapSet:
+        """The (cached) bitmap shards of one parameter set."""
+        with self._lock:
+            found = self._bitmap_sets.get(params)
+        if found is None:
+            found = BitmapSet(self.root, params, self.max_open_files)
+            with self._lock:
+                found = self._bitmap_sets.setdefault(params, found)
+        return found
+
+    def load_bitmaps(
+        self,
+        keys: Sequence[str],
+        grid: int | tuple[int, int],
+        *,
+        alpha: float = 0.5,
+        mode: str = "flat",
+        frame: str = "none",
+        device: torch.device | str | None = None,
+        non_blocking: bool = True,
+        pin_memory: bool | None = None,
+    ) -> list[MaskBitmaps]:
+        """The stored Phi bitmaps of several images, ready for ``og_tokens`` / ``OGFusion``.
+
+        Written by ``python -m ogkernels.masks downsample`` (or the SAM 2 job's ``--bitmaps``)
+        for these parameters. Each record's checksum is checked; a record made from other
+        masks than the image's current ones is never returned. All records go into one host
+        buffer (page-locked when ``pin_memory``), moved to ``device`` in a single copy and
+        unpacked there.
+
+        Args:
+            keys: image keys, any order, repeats allowed.
+            grid, alpha, mode, frame: the parameters, as :func:`ogkernels.downsample_masks`
+                takes them.
+            device, non_blocking, pin_memory: as :meth:`load_batch`.
+
+        Returns:
+            one :class:`ogkernels.MaskBitmaps` per key: ``bits (N, V)`` bool equal to
+            ``downsample_masks`` of the stored masks, ``nonempty (N,)`` bool.
+
+        Raises:
+            KeyError: a key not in the store.
+            MaskStoreError: no up-to-date bitmaps for a key (naming it and the command to
+                write them), or a corrupt bitmap shard.
+        """
+        if isinstance(keys, str) or not isinstance(keys, Sequence):
+            fail("keys", "a sequence of str image keys", keys, error=TypeError)
+        params = BitmapParams.of(grid, alpha=alpha, mode=mode, frame=frame)
+        return load_bitmaps(self, keys, params, device, non_blocking, pin_memory)
+
     # ------------------------------------------------------------------ lifetime
 
     def __getstate__(self) -> dict:
         """For spawned ``DataLoader`` workers: the index travels, file handles do not."""
         state = self.__dict__.copy()
-        for name in ("_lock", "_fds", "_shard_arrays"):
+        for name in ("_lock", "_shard_arrays"):
             del state[name]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
-        self._fds = OrderedDict()
-        self._fd_pid = os.getpid()
         self._shard_arrays = OrderedDict()
 
     def close(self) -> None:
+        self._files.close()
+        for bitmap_set in self._bitmap_sets.values():
+            bitmap_set.close()
         with self._lock:
-            if self._fd_pid == os.getpid():
-                for fd in self._fds.values():
-                    os.close(fd)
-            self._fds.clear()
             self._shard_arrays.clear()
 
     def __enter__(self) -> "MaskStore":

@@ -171,3 +171,25 @@ def check_mask_index(header: ShardHeader) -> dict[str, np.ndarray]:
     else:
         out["crc_start"] = np.zeros(checker.count, np.int64)
     return out
+
+
+BITMAP_INDEX_COLUMNS = ("keys", "num_masks", "mask_start", "source_crc32", "crc32")
+
+
+def bitmap_descriptor(key: str, num_masks: int, source_crc32: int, params_name: str) -> bytes:
+    """The bytes a bitmap record's ``crc32`` starts with (then its bits, then its nonempty bytes)."""
+    return f"{len(key)}:{key}|{num_masks}|{source_crc32}|{params_name}".encode()
+
+
+def check_bitmap_index(header: ShardHeader, row_bytes: int) -> dict[str, np.ndarray]:
+    """The validated columns of a bitmap shard (see :mod:`ogkernels.masks.bitmap_store`):
+    keys, integers, the records' mask rows back to back, and ``bits``/``nonempty`` sized
+    for those rows at ``row_bytes`` bytes per mask."""
+    checker = IndexChecker(header, BITMAP_INDEX_COLUMNS)
+    checker.check_keys()
+    out = {name: checker.ints(name) for name in BITMAP_INDEX_COLUMNS[1:]}
+    masks = header.tensors["nonempty"].shape[0]
+    checker.back_to_back("mask_start", "num_masks", masks, "the 'nonempty' tensor")
+    if header.tensors["bits"].shape[0] != masks * row_bytes:
+        checker.fail(None, "bits", f"expected {masks} masks x {row_bytes} bytes, got {header.tensors['bits'].shape[0]} bytes")
+    return out

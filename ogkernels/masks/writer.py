@@ -16,7 +16,7 @@ from .._validation import check_choice, check_positive_int, fail
 from ..packed_masks import PackedMasks, packed_row_bytes
 from .atomic import host_name, remove_stale_temps
 from .errors import MaskStoreError
-from .format import METADATA_FIELDS, SHARD_DIR, SHARD_SUFFIX, create_manifest, write_shard
+from .format import MASK_SHARD, METADATA_FIELDS, SHARD_DIR, SHARD_SUFFIX, ShardKind, create_manifest, write_shard
 from .keys import check_key
 from .metadata import MaskMetadata
 from .rle import encode_rle
@@ -79,7 +79,50 @@ def build_record(
     return _Record(key, h, w, n, encoding, order, data, mask_nbytes, metadata, desc, zlib.crc32(data, desc))
 
 
-class MaskStoreWriter:
+def check_writer_id(writer_id: object) -> str:
+    if not isinstance(writer_id, str) or not _WRITER_ID.match(writer_id):
+        fail("writer_id", "a str of [A-Za-z0-9_.] characters", writer_id)
+    return writer_id
+
+
+class ShardWriter:
+    """What the mask and bitmap writers share: shard names unique per host, process and run
+    (``<writer_id>-<host>-<pid>-<random>-<seq>.safetensors``), atomic shard writes, the
+    clean-up of dead writers' temporary files, and flushing on ``close`` / ``with`` exit."""
+
+    def __init__(self, directory: Path, writer_id: str, kind: ShardKind) -> None:
+        self.writer_id = check_writer_id(writer_id)
+        self.kind = kind
+        self._directory = directory
+        self._run = f"{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._seq = 0
+        self.shards_written: list[Path] = []
+        remove_stale_temps(directory)
+
+    def _write(self, index: dict, tensors: dict, meta: dict | None = None) -> Path:
+        path = self._directory / f"{self.writer_id}-{self._run}-{self._seq:06d}{SHARD_SUFFIX}"
+        self._seq += 1
+        try:
+            write_shard(path, index, tensors, self.kind, meta)
+        except OSError as exc:
+            raise MaskStoreError(path, f"cannot write the shard: {exc.strerror or exc}") from exc
+        self.shards_written.append(path)
+        return path
+
+    def flush(self) -> Path | None:  # pragma: no cover - each writer defines it
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class MaskStoreWriter(ShardWriter):
     """Append images to a mask store (created if absent) as immutable shards.
 
     Records are buffered and written as one shard every ``shard_size`` images or
@@ -113,22 +156,17 @@ class MaskStoreWriter:
     ) -> None:
         from .. import __version__
 
-        if not isinstance(writer_id, str) or not _WRITER_ID.match(writer_id):
-            fail("writer_id", "a str of [A-Za-z0-9_.] characters", writer_id)
+        check_writer_id(writer_id)  # before the store is created
         self.shard_size = check_positive_int("shard_size", shard_size)
         self.max_shard_bytes = check_positive_int("max_shard_bytes", max_shard_bytes)
         self.encoding = check_choice("encoding", encoding, ENCODINGS)
         self.root = Path(root)
-        self.writer_id = writer_id
         create_manifest(self.root, f"ogkernels {__version__}")
         self.shard_dir = self.root / SHARD_DIR
-        self._run = f"{host_name()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._seq = 0
+        super().__init__(self.shard_dir, writer_id, MASK_SHARD)
         self._pending: list[_Record] = []
         self._pending_bytes = 0
         self._keys: set[str] = set()
-        self.shards_written: list[Path] = []
-        remove_stale_temps(self.shard_dir)
 
     @property
     def num_pending(self) -> int:
@@ -142,7 +180,7 @@ class MaskStoreWriter:
         *,
         encoding: str | None = None,
         order: str = "given",
-    ) -> None:
+    ) -> int:
         """Buffer the masks of image ``key``.
 
         Args:
@@ -154,6 +192,9 @@ class MaskStoreWriter:
             order: how the masks are ordered (recorded): ``"lexicographic"`` (the reference
                 loader's ``mask_10`` before ``mask_2``), ``"numeric"`` (SAM2 output order) or
                 ``"given"``.
+
+        Returns:
+            the record's ``crc32`` (what bitmaps made from these masks refer to).
         """
         if check_key(key) in self._keys:
             fail("key", "a key not yet written by this writer", key)
@@ -163,31 +204,14 @@ class MaskStoreWriter:
         self._pending_bytes += record.data.nbytes
         if len(self._pending) >= self.shard_size or self._pending_bytes >= self.max_shard_bytes:
             self.flush()
+        return record.crc32
 
     def flush(self) -> Path | None:
         """Write the buffered records as one shard (atomically); its path, or ``None``."""
         if not self._pending:
             return None
         records, self._pending, self._pending_bytes = self._pending, [], 0
-        name = f"{self.writer_id}-{self._run}-{self._seq:06d}{SHARD_SUFFIX}"
-        self._seq += 1
-        path = self.shard_dir / name
-        index, tensors = _shard_content(records)
-        try:
-            write_shard(path, index, tensors)
-        except OSError as exc:
-            raise MaskStoreError(path, f"cannot write the shard: {exc}") from exc
-        self.shards_written.append(path)
-        return path
-
-    def close(self) -> None:
-        self.flush()
-
-    def __enter__(self) -> "MaskStoreWriter":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        return self._write(*_shard_content(records))
 
 
 def _shard_content(records: list[_Record]) -> tuple[dict, dict]:

@@ -3,6 +3,12 @@
 Example::
 
     ogkernels-budget --image 480x640 1080x1920 --masks img0.npz --llm-config llama3-8b --dtype bf16
+    ogkernels-budget --store masks/ --grid 576 --cap 1024 2048 --plot tokens.png
+
+With ``--store``, the whole dataset instead: every image's OG token count from the store's
+stored bitmaps (``python -m ogkernels.masks downsample``; the table is cached in the store),
+their distribution, a histogram (``--plot`` writes it as a PNG), and for each ``--cap`` what
+that per-image cap would drop.
 
 For every image (``--image HxW``, height × width in pixels, and one image per ``--masks``
 file, whose size is the masks' ``H × W``) and every strategy (``llava``, ``qwen``,
@@ -146,8 +152,94 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: last)")
     parser.add_argument("--context-length", type=int, default=None, metavar="N",
                         help="flag samples longer than N context tokens")
+    parser.add_argument("--frame", default="none", choices=("none", "pad", "crop"),
+                        help="og: frame for mode patch (default: none)")
+    parser.add_argument("--store", metavar="DIR", help="a mask store: the token distribution of the whole dataset")
+    parser.add_argument("--cap", nargs="+", type=int, default=[], metavar="N",
+                        help="--store: per-image token caps to show the effect of")
+    parser.add_argument("--plot", metavar="FILE.png", help="--store: write a histogram of the token counts")
     parser.add_argument("--format", default="table", choices=("table", "json"))
     return parser
+
+
+def store_summary(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--store`` report as plain data."""
+    from ..masks import MaskStore
+    from ..masks.counts import cap_effect, distribution, token_count_table
+
+    if args.image or args.masks:
+        raise ValueError("--store: give it alone (without --image/--masks)")
+    for cap in args.cap:
+        if cap < 1:
+            raise ValueError(f"--cap: expected ints >= 1, got {cap}")
+    store = MaskStore(args.store)
+    options = {"alpha": args.alpha, "mode": args.mode, "frame": args.frame}
+    table = token_count_table(store, args.grid, **options)
+    caps = [cap_effect(table, token_count_table(store, args.grid, max_image_tokens=cap, **options), cap) for cap in args.cap]
+    if args.plot:
+        plot_histogram(table.counts, args.cap, args.plot, f"{store.root}: {len(table.keys)} images, {table.params.name}")
+    return {
+        "store": str(store.root), "params": table.params.to_json(), "options": table.options.to_dict(),
+        "seconds": table.seconds, "images_per_second": table.images_per_second, "cached": table.cached,
+        "distribution": distribution(table.counts), "histogram": histogram(table.counts), "caps": caps,
+    }  # fmt: skip
+
+
+def histogram(counts, bins: int = 12) -> list[dict[str, int]]:
+    """At most ``bins`` bins of equal integer width: ``[{"low", "high", "images"}]`` (inclusive)."""
+    import numpy as np
+
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.size == 0:
+        return []
+    low, high = int(counts.min()), int(counts.max())
+    width = -(-(high - low + 1) // bins)
+    images = np.bincount((counts - low) // width)
+    return [{"low": low + i * width, "high": low + (i + 1) * width - 1, "images": int(n)} for i, n in enumerate(images)]
+
+
+def plot_histogram(counts, caps: Sequence[int], path: str, title: str) -> None:
+    """A PNG histogram of the token counts, the caps as vertical lines (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.hist(counts, bins=min(60, max(1, len(set(counts.tolist())))), color="#4477aa")
+    for cap in caps:
+        axes.axvline(cap, color="#cc3311", linestyle="--", label=f"cap {cap}")
+    axes.set_xlabel("OG tokens per image")
+    axes.set_ylabel("images")
+    axes.set_title(title, fontsize=9)
+    if caps:
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def render_store(data: dict[str, Any]) -> str:
+    d = data["distribution"]
+    p = data["params"]
+    speed = "cached" if data["cached"] else f"{data['images_per_second']:,.0f} images/s"
+    lines = [
+        f"mask store {data['store']}: {d['images']} images; Phi grid {p['grid'][0]}x{p['grid'][1]}, alpha {p['alpha']}, "
+        f"{p['mode']}, frame {p['frame']}; counted in {data['seconds']:.2f} s ({speed})",
+    ]
+    if d["images"]:
+        lines.append(
+            f"OG tokens per image: mean {d['mean']:.1f}, min {d['min']}, p10 {d['p10']:.0f}, median {d['p50']:.0f}, "
+            f"p90 {d['p90']:.0f}, p99 {d['p99']:.0f}, max {d['max']}; total {d['total']:,}"
+        )
+        width = max(b["images"] for b in data["histogram"]) or 1
+        for b in data["histogram"]:
+            lines.append(f"  {b['low']:>7}-{b['high']:<7} {b['images']:>8}  " + "#" * round(40 * b["images"] / width))
+    rows = [[str(c["cap"]), f"{c['images_over']} ({100 * c['images_over_fraction']:.1f}%)",
+             f"{c['tokens_dropped']:,} ({100 * c['tokens_dropped_fraction']:.1f}%)", str(c["max_after"])] for c in data["caps"]]  # fmt: skip
+    if rows:
+        lines += ["", _table(["cap", "images_over_cap", "tokens_dropped", "max_after_cap"], rows)]
+    return "\n".join(lines)
 
 
 def _strategy_list(text: str, with_og: bool) -> list[str]:
@@ -304,14 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.text_tokens < 0:
             raise ValueError(f"--text-tokens: expected an int >= 0, got {args.text_tokens}")
-        data = compute(args)
-    except (ValueError, TypeError, OSError, ImportError) as exc:
-        print(f"ogkernels-budget: error: {exc}", file=sys.stderr)
+        data = store_summary(args) if args.store else compute(args)
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # MaskStoreError is a ValueError
+        print(f"ogkernels-budget: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if args.format == "json":
         print(json.dumps(data, indent=2))
     else:
-        print(render_table(data))
+        print(render_store(data) if args.store else render_table(data))
     return 0
 
 
