@@ -229,3 +229,28 @@ def test_order_property(count, order):
         assert torch.equal(stored, expected)
         if order == "lexicographic" and count > 10:
             assert torch.equal(stored[2], torch.from_numpy(masks[10]))
+
+
+def test_symlinks_inside_the_root_are_followed_outside_reported(tmp_path, sav_masks):
+    """A symlinked partition or image folder inside the source root is imported; one leading
+    outside (a folder, or one mask file) is a failure naming it, and that image is not
+    imported with a mask missing."""
+    root = tmp_path / "ref"
+    _write_image_dir(root / "storage" / "a.jpg", sav_masks[:2])
+    (root / "partition_0").mkdir(parents=True)
+    os.symlink(root / "storage" / "a.jpg", root / "partition_0" / "a.jpg")  # image folder, inside
+    os.symlink(root / "storage", root / "partition_1")  # a whole partition, inside
+    _write_image_dir(tmp_path / "outside" / "b.jpg", sav_masks[:1])
+    (root / "partition_0" / "coco").mkdir()
+    os.symlink(tmp_path / "outside" / "b.jpg", root / "partition_0" / "coco" / "b.jpg")  # folder, outside
+    _write_image_dir(root / "partition_0" / "c.jpg", sav_masks[:2])
+    os.symlink(tmp_path / "outside" / "b.jpg" / "mask_0.npy", root / "partition_0" / "c.jpg" / "mask_2.npy")  # file, outside
+    report = import_reference_layout(root, tmp_path / "store")
+    failures = {f.key: f for f in report.failures}
+    assert set(failures) == {"coco/b.jpg", "c.jpg", "a.jpg"}, failures  # a.jpg again via partition_1: a duplicate
+    assert "outside the root" in failures["coco/b.jpg"].reason and failures["coco/b.jpg"].path.endswith("coco/b.jpg")
+    assert "outside the root" in failures["c.jpg"].reason and failures["c.jpg"].path.endswith("mask_2.npy")
+    assert "duplicate" in failures["a.jpg"].reason
+    store = MaskStore(tmp_path / "store")
+    assert store.keys() == ["a.jpg"] and not report.ok
+    assert torch.equal(store["a.jpg"].unpack(), torch.from_numpy(sav_masks[:2]))

@@ -113,6 +113,19 @@ def test_list_image_folder_nested(tmp_path):
         list_image_folder(tmp_path / "nowhere")
 
 
+def test_list_image_folder_follows_symlinks_inside_the_root(tmp_path):
+    for name in ("real/a.jpg", "real/sub/b.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    os.symlink(tmp_path / "real", tmp_path / "linked")  # a folder inside the root: followed
+    os.symlink(tmp_path / "real" / "a.jpg", tmp_path / "alias.jpg")
+    os.symlink(tmp_path, tmp_path / "real" / "loop")  # a loop: reported, not followed forever
+    with pytest.raises(MaskFileError, match="loop"):
+        list_image_folder(tmp_path)
+    (tmp_path / "real" / "loop").unlink()
+    assert list_image_folder(tmp_path) == ["alias.jpg", "linked/a.jpg", "linked/sub/b.png", "real/a.jpg", "real/sub/b.png"]
+
+
 def test_list_llava_json(tmp_path):
     data = [
         {"id": 1, "image": "coco/train2017/1.jpg", "conversations": []},

@@ -233,19 +233,30 @@ class BitmapSet:
                 return shard, entry
         return None
 
-    def read(self, record: tuple[int, int], bits: np.ndarray, nonempty: np.ndarray) -> None:
-        """Read one record into ``bits`` (``N · row_bytes`` bytes) and ``nonempty`` (``N``), CRC-checked."""
-        shard, entry = record
-        header, c = self.headers[shard], self.columns[shard]
-        start, n = int(c["mask_start"][entry]), int(c["num_masks"][entry])
-        self.files.read_into(header, header.tensors["bits"].begin + start * self.params.row_bytes, bits)
-        self.files.read_into(header, header.tensors["nonempty"].begin + start, nonempty)
-        key = header.index["keys"][entry]
-        crc = zlib.crc32(bitmap_descriptor(key, n, int(c["source_crc32"][entry]), self.params.name))
-        if zlib.crc32(nonempty, zlib.crc32(bits, crc)) != int(c["crc32"][entry]):
-            raise MaskStoreError(header.path, "field 'crc32': checksum mismatch: the bitmap record is corrupt", key=key)
-        if (nonempty > 1).any():  # pragma: no cover - the checksum covers it; a forged record
-            raise MaskStoreError(header.path, "field 'nonempty': expected 0/1 bytes", key=key)
+    def read(self, records: list[tuple[int, int]], bits: np.ndarray, nonempty: np.ndarray) -> None:
+        """Read ``records``, in order, into ``bits`` (their packed rows back to back) and
+        ``nonempty``; each record's checksum is checked. Records that follow each other in
+        one shard are read together (one ``pread`` for their rows, one for their flags)."""
+        row_bytes, out, i = self.params.row_bytes, 0, 0
+        while i < len(records):
+            shard, entry = records[i]
+            j = i + 1
+            while j < len(records) and records[j] == (shard, records[j - 1][1] + 1):
+                j += 1
+            header, c = self.headers[shard], self.columns[shard]
+            first, last = int(c["mask_start"][entry]), records[j - 1][1]
+            n = int(c["mask_start"][last] + c["num_masks"][last]) - first
+            run_bits, run_flags = bits[out * row_bytes : (out + n) * row_bytes], nonempty[out : out + n]
+            self.files.read_into(header, header.tensors["bits"].begin + first * row_bytes, run_bits)
+            self.files.read_into(header, header.tensors["nonempty"].begin + first, run_flags)
+            for _, e in records[i:j]:
+                begin, count = int(c["mask_start"][e]) - first, int(c["num_masks"][e])
+                key = header.index["keys"][e]
+                crc = zlib.crc32(bitmap_descriptor(key, count, int(c["source_crc32"][e]), self.params.name))
+                crc = zlib.crc32(run_bits[begin * row_bytes : (begin + count) * row_bytes], crc)
+                if zlib.crc32(run_flags[begin : begin + count], crc) != int(c["crc32"][e]):
+                    raise MaskStoreError(header.path, "field 'crc32': checksum mismatch: the bitmap record is corrupt", key=key)
+            out, i = out + n, j
 
     def close(self) -> None:
         self.files.close()
@@ -278,11 +289,7 @@ def load_bitmaps(
     total, row_bytes = sum(counts), params.row_bytes
     host = torch.empty(total * (row_bytes + 1), dtype=torch.uint8, pin_memory=bool(pin_memory))
     flat = host.numpy()
-    start = 0
-    for record, n in zip(records, counts):
-        bits = flat[start * row_bytes : (start + n) * row_bytes]
-        bitmap_set.read(record, bits, flat[total * row_bytes + start : total * row_bytes + start + n])
-        start += n
+    bitmap_set.read(records, flat[: total * row_bytes], flat[total * row_bytes :])
     moved = host if target.type == "cpu" else host.to(target, non_blocking=non_blocking)  # the one copy
     rows = moved[: total * row_bytes].view(total, row_bytes)
     bits = PackedMasks(rows, 1, params.num_tokens).unpack().view(total, params.num_tokens) if total else rows.new_zeros(0, params.num_tokens, dtype=torch.bool)

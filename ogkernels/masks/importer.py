@@ -84,16 +84,19 @@ def _walk_partition(root: Path, partition: Path) -> tuple[list[ReferenceImage], 
     metadata_file = _metadata_file(root, partition)
     found: dict[str, ReferenceImage] = {}
     problems: dict[str, MaskFailure] = {}
+    not_empty: set[Path] = set()  # folders with an entry that was not followed: no zero-mask leaf
     for item in walk_inside(partition, root):
-        if isinstance(item, WalkProblem):
-            key = item.path.parent.relative_to(partition).as_posix() if item.path.parent != partition else item.path.name
+        if isinstance(item, WalkProblem):  # a mask file names its image folder; a folder, itself
+            image = item.path.parent if _MASK_FILE.match(item.path.name) and not os.path.isdir(item.path) else item.path
+            key = image.relative_to(partition).as_posix() if image != partition else item.path.name
             problems.setdefault(key, MaskFailure(key, str(item.path), item.reason))
+            not_empty.add(item.path.parent)
             continue
         directory, dirnames, filenames = item
         if directory == partition:
             continue
         masks = tuple(f for f in filenames if _MASK_FILE.match(f))
-        if masks or (not dirnames and not filenames):
+        if masks or (not dirnames and not filenames and directory not in not_empty):
             key = directory.relative_to(partition).as_posix()
             found[key] = ReferenceImage(key, partition.name, directory, masks, metadata_file)
     for key, image in list(found.items()):

@@ -23,10 +23,14 @@ from .._validation import fail
 MAX_KEY_BYTES = 4096
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_PART = r"(?!\.\.?(?:/|$))[^/\x00-\x1f\x7f\\]+"
+_VALID_ASCII = re.compile(rf"(?![A-Za-z]:){_PART}(?:/{_PART})*")  # the whole grammar, for ASCII keys
 
 
 def key_problem(key: object) -> str | None:
     """Why ``key`` is not a valid image key, or ``None`` when it is."""
+    if type(key) is str and key.isascii() and len(key) <= MAX_KEY_BYTES and _VALID_ASCII.fullmatch(key):
+        return None  # the common case, in one regex
     if not isinstance(key, str):
         return f"a str, got {type(key).__name__}"
     try:

@@ -61,7 +61,12 @@ class ShardFiles:
         view = memoryview(out.reshape(-1)).cast("B")
         done = 0
         while done < len(view):
-            got = os.preadv(fd, [view[done:]], offset + done)
+            if hasattr(os, "preadv"):
+                got = os.preadv(fd, [view[done:]], offset + done)
+            else:  # pragma: no cover - platforms without preadv
+                chunk = os.pread(fd, len(view) - done, offset + done)
+                view[done : done + len(chunk)] = chunk
+                got = len(chunk)
             if got <= 0:
                 raise MaskStoreError(header.path, f"unexpected end of file at byte {offset + done}")
             done += got

@@ -96,19 +96,31 @@ class IndexChecker:
     def ints(self, name: str) -> np.ndarray:
         values = self.index[name]
         upper = 2**32 - 1 if name in _CRC_COLUMNS else _INT64_MAX
-        for i, value in enumerate(values):
-            if type(value) is not int or not 0 <= value <= upper:
-                self.fail(i, name, f"expected an int in [0, {upper}], got {value!r}")
-        self.columns[name] = np.asarray(values, dtype=np.int64).reshape(self.count)
-        return self.columns[name]
+        column = None
+        if set(map(type, values)) <= {int}:  # JSON integers only (no bool, no float)
+            try:
+                column = np.asarray(values, dtype=np.int64).reshape(self.count)
+            except OverflowError:
+                column = None
+        if column is None or (self.count and (column.min() < 0 or column.max() > upper)):
+            for i, value in enumerate(values):
+                if type(value) is not int or not 0 <= value <= upper:
+                    self.fail(i, name, f"expected an int in [0, {upper}], got {value!r}")
+        self.columns[name] = column
+        return column
 
     def choices(self, name: str, allowed: Sequence[str]) -> np.ndarray:
-        codes = np.empty(self.count, np.uint8)
-        for i, value in enumerate(self.index[name]):
-            if value not in allowed:
-                self.fail(i, name, f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
-            codes[i] = allowed.index(value)
-        return codes
+        values = self.index[name]
+        codes = {value: i for i, value in enumerate(allowed)}
+        try:
+            known = set(values) <= codes.keys()
+        except TypeError:  # an unhashable entry (a list, an object)
+            known = False
+        if not known:
+            for i, value in enumerate(values):
+                if value not in allowed:
+                    self.fail(i, name, f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return np.fromiter((codes[v] for v in values), np.uint8, self.count)
 
     def check(self, name: str, bad: np.ndarray, expected: str, got: np.ndarray) -> None:
         if bad.any():
@@ -159,14 +171,12 @@ def check_mask_index(header: ShardHeader) -> dict[str, np.ndarray]:
     if header.version >= 2:
         desc = checker.ints("desc_crc32")
         index = header.index
-        for i in range(checker.count):
-            found = descriptor_crc(mask_descriptor(
-                index["keys"][i], index["height"][i], index["width"][i], index["num_masks"][i], index["encoding"][i],
-                index["order"][i], index["has_metadata"][i], index["data_nbytes"][i],
-            ))  # fmt: skip
-            if found != desc[i]:
-                checker.fail(i, "desc_crc32", "the record's fields key, height, width, num_masks, encoding, order, "
-                                              "has_metadata, data_nbytes do not match their checksum (tampered or corrupt index)")  # fmt: skip
+        columns = ("keys", "height", "width", "num_masks", "encoding", "order", "has_metadata", "data_nbytes")
+        found = [descriptor_crc(mask_descriptor(*fields)) for fields in zip(*(index[c] for c in columns))]
+        wrong = np.asarray(found, dtype=np.int64).reshape(checker.count) != desc
+        if wrong.any():
+            checker.fail(int(np.flatnonzero(wrong)[0]), "desc_crc32", "the record's fields key, height, width, num_masks, "
+                         "encoding, order, has_metadata, data_nbytes do not match their checksum (tampered or corrupt index)")  # fmt: skip
         out["crc_start"] = desc
     else:
         out["crc_start"] = np.zeros(checker.count, np.int64)
