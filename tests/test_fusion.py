@@ -293,6 +293,7 @@ def test_fsdp2_single_process_gloo(tmp_path):
 
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
     try:
@@ -306,6 +307,10 @@ def test_fsdp2_single_process_gloo(tmp_path):
         (sharded.values**2).sum().backward()
         (expected.values**2).sum().backward()
         for (name, a), b in zip(ours.named_parameters(), plain.parameters()):
+            # A plain-tensor gradient means FSDP2 never resharded (nor reduce-scattered): its
+            # pre-backward hooks did not find the output's tensors (torch < 2.12 looks for
+            # them with pytree only, so VarlenBatch must be a registered pytree node).
+            assert isinstance(a.grad, DTensor), f"{name}: FSDP2 left an unsharded {type(a.grad).__name__} gradient"
             assert torch.allclose(a.grad.full_tensor(), b.grad, atol=1e-5), name
     finally:
         dist.destroy_process_group()
