@@ -1,25 +1,38 @@
 """``varlen_attention``: attention over packed variable-length sequences (flash-attn's contract).
 
 Sequences are packed back to back without padding; ``cu_seqlens`` marks where each starts.
-On CUDA fp16/bf16 tensors it calls ``flash_attn.flash_attn_varlen_func`` when flash-attn is
-installed (imported lazily: ``import ogkernels`` never needs flash-attn or a GPU). Everywhere
-else it runs an exact PyTorch path: one ``scaled_dot_product_attention`` call per sequence in
-float32, the result cast back to the input dtype.
+Three backends compute the same function (:func:`attention_backend` says which one a call
+takes; ``backend=`` picks one):
+
+* ``"flash_attn"``: ``flash_attn.flash_attn_varlen_func``, for CUDA fp16/bf16 inputs when
+  flash-attn is installed;
+* ``"torch_varlen"``: torch's own flash attention, ``torch.nn.attention.varlen.varlen_attn``
+  (torch >= 2.11: nothing to install), for CUDA fp16/bf16 inputs on sm_80+ with
+  ``headdim % 8 == 0`` and ``headdim <= 256``, when flash-attn is not installed;
+* ``"torch"``: the exact PyTorch path everywhere else — per group of equally long sequences
+  one ``scaled_dot_product_attention`` call in float32, the result cast back.
+
+Everything is imported lazily: ``import ogkernels`` needs neither flash-attn nor a GPU.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from ._validation import check_tensor, fail
+from ._validation import check_choice, check_tensor, fail
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
+BACKENDS = ("flash_attn", "torch_varlen", "torch")
+# torch's varlen flash kernels: head dims that are multiples of 8 up to 256, sm_80 and newer
+TORCH_VARLEN_MAX_HEADDIM = 256
+TORCH_VARLEN_MIN_CAPABILITY = (8, 0)
 
 
 def varlen_attention(
@@ -33,6 +46,7 @@ def varlen_attention(
     *,
     causal: bool = False,
     softmax_scale: float | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Scaled dot-product attention of ``B`` packed sequences, each attending only to itself.
 
@@ -49,39 +63,33 @@ def varlen_attention(
             ``(L_q, L_k)`` score matrix: query ``i`` sees keys ``j <= i + L_k - L_q``. Query rows
             that see no key (``L_q > L_k``, or ``L_k == 0``) output zeros, as flash-attn does.
         softmax_scale: score scale, default ``1 / sqrt(headdim)``.
+        backend: ``"auto"`` (:func:`attention_backend`), or one of :data:`BACKENDS` that can
+            run these inputs (``ValueError`` otherwise).
 
     q, k, v share one floating dtype and device; ``cu_seqlens_*`` live on that device.
 
     Returns:
-        ``(total_q, nheads, headdim)`` in ``q``'s dtype. flash-attn on CUDA fp16/bf16 when
-        importable; otherwise the exact fallback :func:`varlen_attention_torch` (differentiable,
-        float32 accumulation). On the flash-attn path ``cu_seqlens`` values are not read on the
-        host (that would cost a device sync per layer); only their dtype, shape and device are
-        checked there.
+        ``(total_q, nheads, headdim)`` in ``q``'s dtype, differentiable on every backend. On
+        the two flash backends ``cu_seqlens`` values are not read on the host (that would cost
+        a device sync per layer); only their dtype, shape and device are checked there.
 
     Raises:
         TypeError: a non-tensor, a non-floating q/k/v, mixed dtypes, non-int32 ``cu_seqlens``,
             a non-int ``max_seqlen``.
         ValueError: wrong ranks or shapes, ``nheads % nheads_k != 0``, mixed devices,
             ``cu_seqlens`` not starting at 0, decreasing, not ending at the total, or a sequence
-            longer than ``max_seqlen``.
+            longer than ``max_seqlen``; a ``backend`` that cannot run these inputs.
     """
     scale = _check_arguments(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
-    flash = _flash_varlen_func() if (q.is_cuda and q.dtype in FLASH_DTYPES) else None
-    if flash is not None:
-        return flash(
-            q,
-            k,
-            v,
-            cu_seqlens_q.contiguous(),
-            cu_seqlens_k.contiguous(),
-            max_seqlen_q,
-            max_seqlen_k,
-            dropout_p=0.0,
-            softmax_scale=scale,
-            causal=bool(causal),
-        )
-    return _attention_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale)
+    chosen = attention_backend(q, backend=backend)
+    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), scale)
+    if chosen == "torch":
+        return _attention_torch(*args)
+    if q.shape[0] == 0:
+        return q.new_zeros(q.shape)
+    if chosen == "flash_attn":
+        return _attention_flash_attn(_flash_varlen_func(), *args)
+    return _attention_torch_varlen(_torch_varlen_func(), *args)
 
 
 def varlen_attention_torch(
@@ -96,14 +104,62 @@ def varlen_attention_torch(
     causal: bool = False,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
-    """The exact PyTorch path of :func:`varlen_attention` on any device (same arguments).
+    """The exact PyTorch path of :func:`varlen_attention` on any device (same arguments;
+    ``backend="torch"``).
 
     Per sequence: q, k, v upcast to float32 (float64 stays float64), one
     ``scaled_dot_product_attention`` call, the output cast back to ``q.dtype``. One host read of
     ``cu_seqlens`` per call. Supports autograd.
     """
-    scale = _check_arguments(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
-    return _attention_torch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale)
+    return varlen_attention(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+        causal=causal, softmax_scale=softmax_scale, backend="torch",
+    )  # fmt: skip
+
+
+def attention_backend(q: torch.Tensor, *, backend: str = "auto") -> str:
+    """The backend :func:`varlen_attention` takes for queries like ``q`` (any layout with the
+    head dimension last): ``"flash_attn"``, ``"torch_varlen"`` or ``"torch"``.
+
+    ``backend="auto"``: flash-attn, else torch's varlen flash attention, else the exact path,
+    each where it can run (module docstring). A named backend is returned when it can run
+    ``q``; otherwise ``ValueError`` names the backends that can.
+    """
+    check_tensor("q", q)
+    check_choice("backend", backend, ("auto",) + BACKENDS)
+    usable = usable_backends(q)
+    if backend == "auto":
+        return usable[0]
+    if backend not in usable:
+        fail(
+            "backend",
+            f"one of {', '.join(repr(b) for b in ('auto',) + usable)} for {q.dtype} queries on "
+            f"{q.device} with headdim {q.shape[-1]} (see ogkernels.attention)",
+            backend,
+        )
+    return backend
+
+
+def usable_backends(q: torch.Tensor) -> tuple[str, ...]:
+    """The backends that can run queries like ``q``, in the order ``"auto"`` prefers them
+    (``"torch"`` always last)."""
+    usable = []
+    if q.is_cuda and q.dtype in FLASH_DTYPES:
+        if _flash_varlen_func() is not None:
+            usable.append("flash_attn")
+        if _torch_varlen_func() is not None and _torch_varlen_fits(q):
+            usable.append("torch_varlen")
+    return tuple(usable) + ("torch",)
+
+
+def _torch_varlen_fits(q: torch.Tensor) -> bool:
+    headdim = q.shape[-1]
+    capability = torch.cuda.get_device_capability(q.device)
+    return (
+        headdim % 8 == 0
+        and 0 < headdim <= TORCH_VARLEN_MAX_HEADDIM
+        and tuple(capability) >= TORCH_VARLEN_MIN_CAPABILITY
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,6 +175,55 @@ def _flash_varlen_func() -> Callable[..., torch.Tensor] | None:
 def flash_attn_available() -> bool:
     """True when flash-attn imports (it is then used for CUDA fp16/bf16 inputs)."""
     return _flash_varlen_func() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_varlen_func() -> Callable[..., torch.Tensor] | None:
+    """``torch.nn.attention.varlen.varlen_attn`` when this torch has the keyword-only ``scale``
+    and ``window_size`` arguments (torch >= 2.11; torch 2.10 introduced the function without
+    them), else None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except Exception:
+        return None
+    if not (_accepts(varlen_attn, "scale") and _accepts(varlen_attn, "window_size")):
+        return None
+    return varlen_attn
+
+
+@functools.lru_cache(maxsize=16)
+def _accepts(fn: Callable[..., Any], argument: str) -> bool:
+    return argument in inspect.signature(fn).parameters
+
+
+def torch_varlen_available() -> bool:
+    """True when this torch ships a usable ``varlen_attn`` (torch >= 2.11)."""
+    return _torch_varlen_func() is not None
+
+
+def _attention_flash_attn(flash, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+    return flash(
+        q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q, max_seqlen_k,
+        dropout_p=0.0, softmax_scale=scale, causal=causal,
+    )  # fmt: skip
+
+
+def _attention_torch_varlen(varlen_attn, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale):
+    """``varlen_attn`` with flash-attn's conventions. Causal is ``window_size=(-1, 0)``
+    (bottom-right aligned); grouped-query attention passes ``enable_gqa=True`` where torch
+    has it (2.12+) and repeats the key/value heads where it does not (2.11)."""
+    options: dict[str, Any] = {"scale": scale, "window_size": (-1, 0) if causal else (-1, -1)}
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        if _accepts(varlen_attn, "enable_gqa"):
+            options["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+    return varlen_attn(
+        q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+        max_seqlen_q, max_seqlen_k, **options,
+    )  # fmt: skip
 
 
 def _check_arguments(

@@ -2,9 +2,11 @@
 
 After :func:`register_varlen_attention`, a model built or switched with
 ``attn_implementation="ogkernels_varlen"`` attends packed sequences through
-:func:`ogkernels.varlen_attention`: flash-attn on CUDA fp16/bf16 when installed, the exact
-PyTorch fallback elsewhere (no ``(S, S)`` mask is ever built). Masks are prepared as for
-flash-attn: sequence boundaries come from the ``FlashAttentionKwargs``
+:func:`ogkernels.varlen_attention` and its backend choice (``ogkernels.attention``): on CUDA
+fp16/bf16 flash-attn when installed, else torch's own varlen flash attention (torch >= 2.11),
+the exact PyTorch fallback elsewhere; no ``(S, S)`` mask is ever built.
+``ogkernels.attention.attention_backend(query)`` says which one a layer takes. Masks are
+prepared as for flash-attn: sequence boundaries come from the ``FlashAttentionKwargs``
 (``cu_seq_lens_q/k``, ``max_length_q/k``), a 2-D padding mask, or packed ``position_ids``.
 """
 
@@ -16,6 +18,7 @@ import torch
 
 from .._validation import fail
 from ..attention import varlen_attention
+from ..ops.index import cu_seqlens_from_lengths, cu_seqlens_from_position_ids, max_length
 
 ATTENTION_NAME = "ogkernels_varlen"
 
@@ -30,20 +33,6 @@ def register_varlen_attention(name: str = ATTENTION_NAME) -> str:
     AttentionInterface.register(name, varlen_attention_forward)
     AttentionMaskInterface.register(name, flash_attention_mask)
     return name
-
-
-def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(cu_seqlens int32 (B+1,), max_seqlen)`` of the sequences packed in one row: a new
-    sequence starts wherever the position does not follow the previous one (transformers'
-    rule for packed ``position_ids``). ``position_ids``: ``(1, S)`` or ``(S,)``."""
-    flat = position_ids.reshape(-1)
-    if flat.numel() == 0:
-        return torch.zeros(1, dtype=torch.int32, device=flat.device), 0
-    breaks = torch.nonzero(flat[1:] != flat[:-1] + 1).flatten() + 1
-    zero = torch.zeros(1, dtype=breaks.dtype, device=flat.device)
-    end = torch.full((1,), flat.numel(), dtype=breaks.dtype, device=flat.device)
-    bounds = torch.cat([zero, breaks, end])
-    return bounds.to(torch.int32), int((bounds[1:] - bounds[:-1]).max())
 
 
 def varlen_attention_forward(
@@ -92,31 +81,28 @@ def varlen_attention_forward(
             fail("attention_mask", f"a 2-D padding mask ({batch}, {length_k})", attention_mask)
         keys = attention_mask.bool()
         queries = keys[:, -length:]
-        cu_q, max_q = _offsets(queries.sum(1))
-        cu_k, max_k = _offsets(keys.sum(1))
+        cu_q = cu_seqlens_from_lengths(queries.sum(1))
+        cu_k = cu_seqlens_from_lengths(keys.sum(1))
+        max_q, max_k = max_length(cu_q), max_length(cu_k)
         rows = _attend(q[queries], k[keys], v[keys], cu_q, cu_k, max_q, max_k, causal, scaling)
         out = rows.new_zeros(batch, length, heads, rows.shape[-1])
         out[queries] = rows
         return out, None
     position_ids = kwargs.get("position_ids")
     if position_ids is not None and batch == 1 and length == length_k and length > 1:
-        cu_q, max_q = cu_seqlens_from_position_ids(position_ids)
+        cu_q = cu_seqlens_from_position_ids(position_ids)
+        max_q = max_length(cu_q)
         out = _attend(q[0], k[0], v[0], cu_q, cu_q, max_q, max_q, causal, scaling)
         return out.reshape(1, length, heads, -1), None
-    cu_q, max_q = _offsets(torch.full((batch,), length, device=query.device))
-    cu_k, max_k = _offsets(torch.full((batch,), length_k, device=query.device))
+    # every row is one sequence: the lengths are known on the host (no sync)
+    cu_q = cu_seqlens_from_lengths(torch.full((batch,), length, device=query.device))
+    cu_k = cu_seqlens_from_lengths(torch.full((batch,), length_k, device=query.device))
+    max_q, max_k = length, length_k
     flat_q = q.reshape(batch * length, heads, dim)
     flat_k = k.reshape(batch * length_k, k.shape[2], dim)
     flat_v = v.reshape(batch * length_k, v.shape[2], v.shape[3])
     out = _attend(flat_q, flat_k, flat_v, cu_q, cu_k, max_q, max_k, causal, scaling)
     return out.reshape(batch, length, heads, -1), None
-
-
-def _offsets(lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(cu_seqlens int32 (B+1,), max)`` of per-sequence ``lengths (B,)``."""
-    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
-    torch.cumsum(lengths, 0, out=cu[1:])
-    return cu, int(lengths.max()) if lengths.numel() else 0
 
 
 def _attend(q, k, v, cu_q, cu_k, max_q, max_k, causal, scale) -> torch.Tensor:
