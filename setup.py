@@ -12,10 +12,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    # Verified stacks (the whole test suite on CPU, kernels compiled ahead of time for sm_80 /
+    # sm_90): Python 3.11 + torch 2.14.1 / triton 3.8.0 / transformers 5.23.0 / numpy 2.4, and
+    # Python 3.12 + torch 2.11.0 / triton 3.6.0 / transformers 5.17.0 / numpy 2.5 (the stack of
+    # the lent H100/H200 machines). torch pins its own triton (2.11 -> 3.6, 2.14 -> 3.8).
+    python_requires=">=3.11",
     packages=find_packages(include=["ogkernels", "ogkernels.*"]),
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.11,<2.15",
         "numpy>=1.24",
     ],
     extras_require={
