@@ -24,7 +24,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.gpu_check import cli, core, report
+from bench.gpu_check import cli, core, publish, report
 from bench.gpu_check.pytest_run import run_tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +161,41 @@ def test_markdown_report_lists_sections_checks_and_tracebacks():
     assert "## syncs: passed" in text and "## timings: error (1.5 s)" in text
     assert "| syncs: og_tokens | passed | 1 (expected 1) |" in text and "RuntimeError: boom" in text
     assert any("Some GPU" in line for line in report.summary_lines(data))
+
+
+def _gpu_report(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    section = core.SectionResult("parity")
+    section.check("op tests: pytest", False, "1 failed")
+    meta = {"mode": "gpu", "started": "2026-12-01T10:00:00+00:00", "wall_s": 400.0, "budget_s": 480.0,
+            "environment": {"device": {"name": "NVIDIA H200"}}}  # fmt: skip
+    report.write(run, report.report_dict(meta, [section.finish()]))
+    return run
+
+
+def test_publish_copies_the_run_and_points_the_readme_at_it(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# bench\n\n{publish.START}\nNo GPU run exists yet.\n{publish.END}\n\nrest\n")
+    target = publish.publish(_gpu_report(tmp_path), results=tmp_path / "results-gpu", readme=readme)
+    assert target.name == "2026-12-01-nvidia-h200.md" and target.with_suffix(".json").is_file()
+    text = readme.read_text()
+    assert "No GPU run exists yet" not in text and "results-gpu/2026-12-01-nvidia-h200.md" in text
+    assert "failing sections: parity" in text and text.endswith("rest\n")
+    smoke = tmp_path / "smoke"
+    meta = {"mode": "smoke", "wall_s": 1.0, "budget_s": 480.0, "environment": {}}
+    report.write(smoke, report.report_dict(meta, []))
+    with pytest.raises(ValueError, match="GPU run"):
+        publish.publish(smoke, results=tmp_path / "results-gpu", readme=readme)
+
+
+def test_bench_readme_shows_the_newest_committed_gpu_run():
+    text = (REPO / "bench" / "README.md").read_text()
+    block = text[text.index(publish.START) : text.index(publish.END)]
+    runs = sorted(p.name for p in (REPO / "bench" / "results-gpu").glob("*.md") if p.name != "README.md")
+    if runs:
+        assert f"results-gpu/{runs[-1]}" in block
+    else:
+        assert "No GPU run exists yet" in block
 
 
 # ----------------------------------------------------------------------------------------------

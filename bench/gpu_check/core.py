@@ -168,15 +168,18 @@ def triton_launches(fn: Callable[[], Any]) -> int:
     return counter.triton_launches
 
 
-def measure(fn: Callable[[], Any], device: str, *, runs: int = 1, warmup_ms: float = 25, rep_ms: float = 100) -> float:
+def measure(
+    fn: Callable[[], Any], device: str, *, runs: int = 1, warmup_ms: float = 25, rep_ms: float = 100, warm: bool = False
+) -> float:
     """Median seconds of one call of ``fn``: on CUDA ``triton.testing.do_bench`` (CUDA events,
     ``warmup_ms`` / ``rep_ms`` of warm-up and repeats), elsewhere the median of ``runs`` host
-    timings after one warm-up call."""
+    timings after one warm-up call (none when the caller has just called ``fn``: ``warm``)."""
     if device == "cuda":
         from triton.testing import do_bench
 
         return do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median") / 1e3
-    fn()
+    if not warm:
+        fn()
     times = []
     for _ in range(max(runs, 1)):
         start = time.perf_counter()

@@ -147,7 +147,7 @@ def time_entry(entry: Entry, ctx: Context, copy: float, spec, cfg: Config) -> di
     row: dict[str, Any] = {"config": cfg.name, "op": entry.op, "path": entry.path}
     backend = entry.path if entry.path in ("triton", "torch") else None
     with op_backend(backend) if backend else contextlib.nullcontext():
-        if backend:
+        if backend:  # this call is also the warm-up
             launched = triton_launches(entry.fn)
             if (launched > 0) != (backend == "triton"):
                 row["note"] = f"{backend} path not selectable here ({launched} Triton launches)"
@@ -155,7 +155,7 @@ def time_entry(entry: Entry, ctx: Context, copy: float, spec, cfg: Config) -> di
         if entry.path == "reference":
             seconds = wall(entry.fn, ctx.device, REFERENCE_RUNS[ctx.device])
         else:
-            seconds = measure(entry.fn, ctx.device, runs=1 if ctx.smoke else 3)
+            seconds = measure(entry.fn, ctx.device, runs=1 if ctx.smoke else 3, warm=bool(backend))
     row["ms"] = seconds * 1e3
     if entry.min_bytes:
         row["GBps"] = entry.min_bytes / seconds / 1e9
