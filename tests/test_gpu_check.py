@@ -13,7 +13,6 @@ cases its parity section runs on a GPU.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -39,10 +38,9 @@ CPU_SECTIONS = ("environment", "syncs", "parity", "determinism", "sanitizer", "t
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(out), "--budget-s", "300"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=420,
+        cwd=REPO, env=core.subprocess_env(), capture_output=True, text=True, timeout=420,
     )  # fmt: skip
     return proc, out
 

@@ -17,12 +17,12 @@ from .core import Context, run_section
 # (section, share of the default 480 s budget in seconds), in run order
 PLAN = (
     ("environment", 10),
-    ("syncs", 25),
-    ("parity", 150),
-    ("determinism", 45),
-    ("sanitizer", 100),
-    ("timings", 110),
-    ("tuning", 40),
+    ("syncs", 20),
+    ("parity", 140),
+    ("determinism", 40),
+    ("sanitizer", 130),
+    ("timings", 105),
+    ("tuning", 35),
 )
 DEFAULT_BUDGET_S = 480.0
 RESERVE_S = 3.0  # kept for each later section, and for writing the report

@@ -103,6 +103,18 @@ def tail(text: str, limit: int = TRACEBACK_CHARS) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the checkout first on ``PYTHONPATH``, plus ``extra``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+def as_text(data: bytes | str | None) -> str:
+    """A subprocess's output as text (``TimeoutExpired`` carries bytes even with ``text=True``)."""
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
 def run_section(name: str, fn: Callable[[Context], SectionResult], ctx: Context, seconds: float) -> SectionResult:
     """Run one section with ``seconds`` to its deadline, guarded (see the module docstring)."""
     start = time.monotonic()

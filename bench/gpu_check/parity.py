@@ -3,7 +3,8 @@ call twice.
 
 ``parity`` runs the op tests (every Triton path against the reference and the PyTorch path,
 hypothesis over empty / full / overlapping masks, odd sizes, fp32 / bf16 / fp16; the large
-cases past 2**31 element offsets in ``tests/test_gpu_check.py``; the attention backends) with
+cases past 2**31 element offsets in ``tests/test_gpu_check.py``; the attention backends; the
+slow tests too: ``torch.compile``, the CUDA-graph capture, the ahead-of-time compile) with
 pytest on CUDA (:mod:`bench.gpu_check.pytest_run`). ``determinism`` runs the suite's
 determinism tests the same way, then calls ``og_tokens`` and ``OGFusion`` forward + backward
 twice on the benchmark-sized batch and compares outputs and gradients bit for bit.
@@ -27,9 +28,11 @@ OP_TESTS = (
     "tests/test_token_budget.py",
     "tests/test_fusion.py",
     "tests/test_attention.py",
+    "tests/test_compile.py",
     "tests/test_gpu_check.py",
 )
-NOT_SLOW = ("-m", "not slow")  # the ahead-of-time compile and the kit's own smoke run
+NOT_THE_KIT = ("-k", "not smoke_run")  # the kit's own smoke run (a CPU check of this code)
+NOT_SLOW = ("-m", "not slow")
 # --smoke: a few of the same tests on the CPU, from two files (collection costs time too)
 SMOKE_TESTS = ("tests/test_triton_kernels.py", "tests/test_attention.py")
 SMOKE_SELECTION = ("-k", "gather_rows_kernel_forward or exact_path or refused or adapter")
@@ -46,7 +49,7 @@ def _record(result: SectionResult, run: TestRun, label: str) -> None:
 
 def run_parity(ctx: Context) -> SectionResult:
     result = SectionResult("parity")
-    paths, selection = (SMOKE_TESTS, NOT_SLOW + SMOKE_SELECTION) if ctx.smoke else (OP_TESTS, NOT_SLOW)
+    paths, selection = (SMOKE_TESTS, NOT_SLOW + SMOKE_SELECTION) if ctx.smoke else (OP_TESTS, NOT_THE_KIT)
     run = run_tests(existing(paths), cuda=ctx.cuda, deadline=ctx.deadline, extra=selection)
     _record(result, run, "op tests")
     return result
@@ -57,7 +60,7 @@ def run_determinism(ctx: Context) -> SectionResult:
     # leave time for the large case
     deadline = ctx.deadline - (10 if ctx.smoke else 20)
     paths = SMOKE_DETERMINISM_TESTS if ctx.smoke else OP_TESTS
-    run = run_tests(existing(paths), cuda=ctx.cuda, deadline=deadline, extra=NOT_SLOW + DETERMINISM_SELECTION)
+    run = run_tests(existing(paths), cuda=ctx.cuda, deadline=deadline, extra=DETERMINISM_SELECTION)
     _record(result, run, "determinism tests")
     twice(result, ctx)
     return result

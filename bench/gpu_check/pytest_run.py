@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import REPO, tail
+from .core import REPO, as_text, subprocess_env, tail
 
 GRACE_S = 30  # after the deadline: the subprocess is killed only this much later
 MESSAGE_CHARS = 600
@@ -46,12 +46,14 @@ class TestRun:
         return self.returncode == 0 and not self.failures and self.counts.get("passed", 0) > 0
 
     def summary(self) -> dict:
-        return {
+        out = {
             "counts": self.counts, "returncode": self.returncode, "seconds": round(self.seconds, 1),
             "failures": self.failures, "skip_reasons": self.skip_reasons, "slowest": self.slowest,
             "by_file": self.by_file, "command": " ".join(self.command),
-            **({"output_tail": self.output_tail} if not self.counts.get("tests") or self.returncode not in (0, 1) else {}),
         }  # fmt: skip
+        if not self.counts.get("tests") or self.returncode not in (0, 1):  # pytest itself broke
+            out["output_tail"] = self.output_tail
+        return out
 
 
 def existing(paths: tuple[str, ...]) -> list[str]:
@@ -78,9 +80,7 @@ def run_tests(paths: list[str], *, cuda: bool, deadline: float, extra: tuple[str
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         junit = Path(tmp) / "junit.xml"
         command = pytest_command(paths, junit, cuda=cuda, extra=extra)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env["OGKERNELS_GPU_CHECK_DEADLINE"] = str(time.time() + max(deadline - time.monotonic(), 0))
+        env = subprocess_env(OGKERNELS_GPU_CHECK_DEADLINE=str(time.time() + max(deadline - time.monotonic(), 0)))
         for forced in ("OGKERNELS_FORCE_TRITON", "OGKERNELS_BACKEND"):  # the tests pick their paths
             env.pop(forced, None)
         if cuda:
@@ -94,15 +94,11 @@ def run_tests(paths: list[str], *, cuda: bool, deadline: float, extra: tuple[str
             returncode, output = proc.returncode, proc.stdout + proc.stderr
         except subprocess.TimeoutExpired as expired:
             returncode = None
-            output = _text(expired.stdout) + _text(expired.stderr) + "\n[gpu_check] killed at the deadline"
+            output = as_text(expired.stdout) + as_text(expired.stderr) + "\n[gpu_check] killed at the deadline"
         run = TestRun(command, returncode, time.monotonic() - start, output_tail=tail(output, 3000))
         if junit.is_file():
             parse_junit(junit, run)
     return run
-
-
-def _text(data) -> str:
-    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 def parse_junit(path: Path, run: TestRun) -> None:

@@ -151,7 +151,7 @@ def _section_tables(name: str, data: dict[str, Any]) -> list[str]:
         lines += _table(data.get("runs", []), ["tool", "returncode", "errors", "target_ok", "seconds"]) + [""]
     if name == "timings":
         lines += [f"Device-to-device copy: {_fmt(data.get('copy_GBps'))} GB/s (read + write); model: {data.get('model_gpu')}", ""]
-        lines += _table(data.get("rows", []), ["config", "op", "path", "ms", "GBps", "pct_copy", "model_us", "note"]) + [""]
+        lines += _table(data.get("rows", []), ["config", "op", "path", "ms", "GBps", "pct_copy", "model_us", "compile_s", "note"]) + [""]
         lines += _table(data.get("training", []), ["path", "config", "dtype", "ms", "tokens", "llm_rows", "tokens_per_s", "attention", "note"]) + [""]
     if name == "tuning":
         lines += _table(data.get("sweeps", []), ["kernel", "settings", "exact", "ms", "registers", "spill_bytes", "note"]) + [""]

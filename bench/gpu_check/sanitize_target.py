@@ -1,8 +1,9 @@
-"""The program the sanitizer watches: one small ``og_tokens`` + backward and one ``OGFusion``
-forward + backward, from bool and bit-packed masks of odd sizes, with and without a bound.
+"""The program the sanitizer watches: one small ``og_tokens`` + backward, from bool and
+bit-packed masks of odd sizes, with and without a bound (every Triton kernel, no cuBLAS:
+libraries the sanitizer would have to instrument at load time cost minutes).
 
 ``python -m bench.gpu_check.sanitize_target [--device cuda|cpu]`` prints ``target ok`` and
-exits 0 when every output is finite and the bounded call equals the plain one; the
+exits 0 when the gradients are finite and the bounded call equals the plain one; the
 ``sanitizer`` section runs it under ``compute-sanitizer`` (``--smoke`` runs it plainly, so it
 cannot rot).
 """
@@ -15,7 +16,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ogkernels import OGFusion, PackedMasks, og_tokens
+    from ogkernels import PackedMasks, og_tokens
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -32,15 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     plain = og_tokens(x, dense, b)
     bounded = og_tokens(x, packed, b, max_tokens=int(plain.cu_seqlens[-1]) + 7)
     (plain.values.sum() + bounded.values.square().sum()).backward()
-    fusion = OGFusion(40, 24).to(device)
-    out = fusion(features.to(device), dense)
-    out.values.sum().backward()
     used = int(plain.cu_seqlens[-1])
-    ok = (
-        torch.equal(plain.values, bounded.values[:used])
-        and bool(torch.isfinite(x.grad).all())
-        and bool(torch.isfinite(out.values).all())
-    )
+    ok = torch.equal(plain.values, bounded.values[:used]) and bool(torch.isfinite(x.grad).all() & torch.isfinite(b.grad).all())
     if device == "cuda":
         torch.cuda.synchronize()
     print("target ok" if ok else "target WRONG")

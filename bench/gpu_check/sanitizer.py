@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from .core import REPO, Context, SectionResult, tail
+from .core import REPO, Context, SectionResult, as_text, subprocess_env, tail
 from .environment import sanitizer_binary
 
 TOOLS = ("memcheck", "racecheck")
@@ -29,9 +29,8 @@ def target_command(device: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
+    # lazy module loading: the sanitizer instruments only the kernels that run
+    return subprocess_env(CUDA_MODULE_LOADING=os.environ.get("CUDA_MODULE_LOADING", "LAZY"))
 
 
 def run_tool(binary: str, tool: str, timeout: float) -> dict:
@@ -41,12 +40,13 @@ def run_tool(binary: str, tool: str, timeout: float) -> dict:
         proc = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
         code, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as expired:
-        code, output = None, f"{expired.stdout or ''}{expired.stderr or ''}\n[gpu_check] timed out after {timeout:.0f} s"
-    errors = [int(n) for n in _SUMMARY.findall(output if isinstance(output, str) else "")]
+        code = None
+        output = f"{as_text(expired.stdout)}{as_text(expired.stderr)}\n[gpu_check] timed out after {timeout:.0f} s"
+    errors = [int(n) for n in _SUMMARY.findall(output)]
     return {
         "tool": tool, "returncode": code, "seconds": round(time.monotonic() - start, 1),
-        "errors": errors[-1] if errors else None, "target_ok": "target ok" in str(output),
-        "output_tail": tail(str(output), 2000),
+        "errors": errors[-1] if errors else None, "target_ok": "target ok" in output,
+        "output_tail": tail(output, 2000),
     }  # fmt: skip
 
 

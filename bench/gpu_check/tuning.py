@@ -10,7 +10,6 @@ committed in ``ogkernels/ops/launch.py``.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -48,18 +47,17 @@ def _launch_module():
     return launch
 
 
-def registers(kernel: str, settings: dict, default: dict, ctx: Context) -> dict:
-    """Registers and spill bytes of ``kernel`` at ``settings`` for this GPU (ptxas -v)."""
+def registers(kernel: str, settings: dict, ctx: Context) -> dict:
+    """Registers and spill bytes of ``kernel`` launched with ``settings`` on this GPU's
+    architecture (the audit compiles the launcher's own launch; ptxas -v)."""
     if not ctx.cuda:
         return {}
     from ogkernels.tools.audit import audit_config, kernel_configs
 
-    base = next(c for c in kernel_configs() if c.name == AUDIT_CONFIGS[kernel])
-    merged = {**default, **settings}
-    warps = merged.pop("num_warps", base.num_warps)
-    config = dataclasses.replace(base, constexprs={**base.constexprs, **merged}, num_warps=warps)
+    config = next(c for c in kernel_configs() if c.name == AUDIT_CONFIGS[kernel])
     major, minor = torch.cuda.get_device_capability()
-    audit = audit_config(config, 10 * major + minor)
+    with _launch_module().overrides(kernel, **settings):
+        audit = audit_config(config, 10 * major + minor)
     return {"registers": audit.registers, "spill_bytes": audit.spill_store_bytes + audit.spill_load_bytes}
 
 
@@ -69,7 +67,7 @@ def sweep(
     """Time ``call`` at the default launch and at each setting (bit-exact against the default)."""
     launch = _launch_module()
     expected = call()
-    rows = [{"kernel": kernel, "settings": "default", **_measured(call, ctx), **registers(kernel, {}, default, ctx)}]
+    rows = [{"kernel": kernel, "settings": "default", **_measured(call, ctx), **registers(kernel, {}, ctx)}]
     for setting in settings:
         if ctx.time_left() < 3:
             rows.append({"kernel": kernel, "settings": setting, "note": "skipped: no time left"})
@@ -79,7 +77,7 @@ def sweep(
             with launch.overrides(kernel, **setting):
                 row["exact"] = bool(torch.equal(call(), expected))
                 row.update(_measured(call, ctx))
-            row.update(registers(kernel, setting, default, ctx))
+            row.update(registers(kernel, setting, ctx))
         except Exception as error:  # a setting that does not compile or launch is a row, not a crash
             row["note"] = f"error: {type(error).__name__}: {str(error)[:200]}"
         rows.append(row)
