@@ -3,7 +3,8 @@
 Each tool runs ``python -m bench.gpu_check.sanitize_target`` under
 ``compute-sanitizer --tool <tool> --error-exitcode 86``; the check passes when the target
 printed ``target ok`` and the sanitizer's ``ERROR SUMMARY`` counts 0 errors. Without the
-binary, or without CUDA, the tools are skipped; ``--smoke`` still runs the target plainly.
+binary, or without CUDA, the tools are skipped; ``--smoke`` still runs the target plainly
+(through the PyTorch ops).
 Some sandboxes refuse the device to the sanitizer (seen: ``Device not supported`` under
 gVisor): that is recorded as the tool's output, not as a kernel error.
 """
@@ -54,9 +55,9 @@ def run(ctx: Context) -> SectionResult:
     result = SectionResult("sanitizer")
     binary = sanitizer_binary()
     result.data["binary"] = binary
-    if not ctx.cuda:
-        proc = subprocess.run(target_command("cpu"), cwd=REPO, env=_env(), capture_output=True, text=True,
-                              timeout=max(ctx.time_left(), 5))  # fmt: skip
+    if not ctx.cuda:  # the target's own code, on the PyTorch ops (the kernels run in parity)
+        proc = subprocess.run(target_command("cpu"), cwd=REPO, env={**_env(), "OGKERNELS_BACKEND": "torch"},
+                              capture_output=True, text=True, timeout=max(ctx.time_left(), 5))  # fmt: skip
         result.check("target runs (no sanitizer)", proc.returncode == 0 and "target ok" in proc.stdout,
                      tail(proc.stdout + proc.stderr, 400))  # fmt: skip
         for tool in TOOLS:
