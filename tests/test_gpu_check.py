@@ -161,6 +161,34 @@ def test_markdown_report_lists_sections_checks_and_tracebacks():
     assert any("Some GPU" in line for line in report.summary_lines(data))
 
 
+def test_sanitizer_record_reads_the_error_summary(tmp_path):
+    from bench.gpu_check.sanitizer import ERROR_EXIT, run_tool
+
+    # a stand-in for compute-sanitizer: drops its own options, runs the target, reports
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text('#!/bin/sh\nshift 6\n"$@"\ncode=$?\necho "========= ERROR SUMMARY: 3 errors"\n'
+                    f'exit {ERROR_EXIT}\n')  # fmt: skip
+    fake.chmod(0o755)
+    record = run_tool(str(fake), "memcheck", timeout=120, device="cpu")
+    assert record["target_ok"] and record["errors"] == 3 and record["returncode"] == ERROR_EXIT
+
+
+@pytest.mark.slow
+def test_tuning_compiles_each_setting_for_its_registers():
+    # outside the interpreter, like the GPU run: the audit compiles the launcher's launch
+    code = (
+        "from bench.gpu_check.tuning import registers\n"
+        "print(registers('phi_bins', {}, 90)['registers'], registers('phi_bins', {'BLOCK_C': 4, 'BLOCK_W': 8}, 90)['registers'])"
+    )
+    env = core.subprocess_env()
+    for name in ("TRITON_INTERPRET", "OGKERNELS_FORCE_TRITON", "OGKERNELS_BACKEND"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    default, small = (int(n) for n in proc.stdout.split())
+    assert 0 < small < default <= 255  # a smaller tile holds fewer values in registers
+
+
 def _gpu_report(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     section = core.SectionResult("parity")

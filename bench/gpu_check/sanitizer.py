@@ -34,8 +34,10 @@ def _env() -> dict[str, str]:
     return subprocess_env(CUDA_MODULE_LOADING=os.environ.get("CUDA_MODULE_LOADING", "LAZY"))
 
 
-def run_tool(binary: str, tool: str, timeout: float) -> dict:
-    command = [binary, "--tool", tool, "--error-exitcode", str(ERROR_EXIT), "--print-limit", "20", *target_command("cuda")]
+def run_tool(binary: str, tool: str, timeout: float, device: str = "cuda") -> dict:
+    """One sanitizer tool over the target: exit code, the ``ERROR SUMMARY`` count, whether the
+    target printed ``target ok``, and the output's tail."""
+    command = [binary, "--tool", tool, "--error-exitcode", str(ERROR_EXIT), "--print-limit", "20", *target_command(device)]
     start = time.monotonic()
     try:
         proc = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)

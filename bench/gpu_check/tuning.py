@@ -46,18 +46,25 @@ def _launch_module():
     return launch
 
 
-def registers(kernel: str, settings: dict, ctx: Context) -> dict:
-    """Registers and spill bytes of ``kernel`` launched with ``settings`` on this GPU's
-    architecture (the audit compiles the launcher's own launch; ptxas -v)."""
-    if not ctx.cuda:
+def registers(kernel: str, settings: dict, arch: int | None) -> dict:
+    """Registers and spill bytes of ``kernel`` launched with ``settings``, compiled for
+    ``sm_<arch>`` (the audit compiles the launcher's own launch; ptxas -v). ``{}`` without an
+    architecture (the interpreter compiles nothing)."""
+    if arch is None:
         return {}
     from ogkernels.tools.audit import audit_config, kernel_configs
 
     config = next(c for c in kernel_configs() if c.name == AUDIT_CONFIGS[kernel])
-    major, minor = torch.cuda.get_device_capability()
     with _launch_module().overrides(kernel, **settings):
-        audit = audit_config(config, 10 * major + minor)
+        audit = audit_config(config, arch)
     return {"registers": audit.registers, "spill_bytes": audit.spill_store_bytes + audit.spill_load_bytes}
+
+
+def device_arch(ctx: Context) -> int | None:
+    if not ctx.cuda:
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return 10 * major + minor
 
 
 def sweep(
@@ -65,8 +72,9 @@ def sweep(
 ) -> list[dict]:
     """Time ``call`` at the default launch and at each setting (bit-exact against the default)."""
     launch = _launch_module()
+    arch = device_arch(ctx)
     expected = call()
-    rows = [{"kernel": kernel, "settings": "default", **_measured(call, ctx), **registers(kernel, {}, ctx)}]
+    rows = [{"kernel": kernel, "settings": "default", **_measured(call, ctx), **registers(kernel, {}, arch)}]
     for setting in settings:
         if ctx.time_left() < 3:
             rows.append({"kernel": kernel, "settings": setting, "note": "skipped: no time left"})
@@ -76,7 +84,7 @@ def sweep(
             with launch.overrides(kernel, **setting):
                 row["exact"] = bool(torch.equal(call(), expected))
                 row.update(_measured(call, ctx))
-            row.update(registers(kernel, setting, ctx))
+            row.update(registers(kernel, setting, arch))
         except Exception as error:  # a setting that does not compile or launch is a row, not a crash
             row["note"] = f"error: {type(error).__name__}: {str(error)[:200]}"
         rows.append(row)
