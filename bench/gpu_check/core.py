@@ -11,14 +11,14 @@ time left: ``reason`` says which).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+from unittest import mock
 
 STATUSES = ("passed", "failed", "error", "skipped")
 TRACEBACK_CHARS = 2500
@@ -146,29 +146,11 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@contextlib.contextmanager
-def environ(**values: str | None) -> Iterator[None]:
-    """Set (or, with None, unset) environment variables inside the block."""
-    previous = {key: os.environ.get(key) for key in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def op_backend(name: str):
     """Run ogkernels' ops through ``name`` (``"triton"`` or ``"torch"``) inside the block
     (``OGKERNELS_BACKEND``; the older ``OGKERNELS_FORCE_TRITON`` spelling is kept in step)."""
-    return environ(OGKERNELS_BACKEND=name, OGKERNELS_FORCE_TRITON="1" if name == "triton" else "0")
+    values = {"OGKERNELS_BACKEND": name, "OGKERNELS_FORCE_TRITON": "1" if name == "triton" else "0"}
+    return mock.patch.dict(os.environ, values)
 
 
 def triton_launches(fn: Callable[[], Any]) -> int:

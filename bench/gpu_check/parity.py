@@ -19,12 +19,14 @@ from .core import Context, SectionResult
 from .pytest_run import TestRun, existing, run_tests
 from .workload import make_batch, middle
 
-# The op tests, wherever they live in this checkout (tests/ops/ holds them once reorganised).
+# The op tests (their ``backend`` fixture runs torch and triton on the ``device`` fixture:
+# OGKERNELS_TEST_DEVICE) and the other tests of the ops' public API. Not the static audit
+# (tests/test_audit.py): it compiles for sm_80 / sm_90 on the host, the same on any machine.
 OP_TESTS = (
     "tests/ops",
-    "tests/test_triton_kernels.py",
     "tests/test_downsample.py",
     "tests/test_og_tokens.py",
+    "tests/test_bitmaps.py",
     "tests/test_token_budget.py",
     "tests/test_fusion.py",
     "tests/test_attention.py",
@@ -34,8 +36,8 @@ OP_TESTS = (
 NOT_THE_KIT = ("-k", "not smoke_run")  # the kit's own smoke run (a CPU check of this code)
 NOT_SLOW = ("-m", "not slow")
 # --smoke: a few of the same tests on the CPU, from two files (collection costs time too)
-SMOKE_TESTS = ("tests/test_triton_kernels.py", "tests/test_attention.py")
-SMOKE_SELECTION = ("-k", "gather_rows_kernel_forward or exact_path or refused or adapter")
+SMOKE_TESTS = ("tests/ops/test_gather_rows.py", "tests/test_attention.py")
+SMOKE_SELECTION = ("-k", "four_tables or exact_path or refused or adapter")
 DETERMINISM_SELECTION = ("-k", "determinis")
 SMOKE_DETERMINISM_TESTS = ("tests/ops", "tests/test_og_tokens.py")
 

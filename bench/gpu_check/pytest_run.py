@@ -1,8 +1,9 @@
 """Run the test suite's own tests in a pytest subprocess and summarise its junit report.
 
 No second implementation: the parity and determinism sections are these runs. On a GPU the
-subprocess gets ``OGKERNELS_TEST_DEVICE=cuda`` (the op tests' ``backend`` fixture then runs
-each backend on CUDA tensors), the hypothesis profile ``gpu`` (a larger example budget) and,
+subprocess gets ``OGKERNELS_TEST_DEVICE=cuda`` (the op tests' ``device`` fixture: each
+backend runs on CUDA tensors), a larger example budget (``OGKERNELS_TEST_SCALE``, default
+:data:`TEST_SCALE`, for the op tests; the hypothesis profile ``gpu`` for the others) and,
 when pytest-xdist is installed, several workers. A run cut short by the section's deadline
 skips its remaining tests (:mod:`bench.gpu_check.pytest_plugin`) and still reports.
 """
@@ -25,6 +26,7 @@ GRACE_S = 30  # after the deadline: the subprocess is killed only this much late
 MESSAGE_CHARS = 600
 TRACE_CHARS = 1500
 MAX_FAILURES = 25
+TEST_SCALE = "2"  # hypothesis examples of the op tests on a GPU, times their CPU counts
 
 
 @dataclass
@@ -85,6 +87,7 @@ def run_tests(paths: list[str], *, cuda: bool, deadline: float, extra: tuple[str
             env.pop(forced, None)
         if cuda:
             env["OGKERNELS_TEST_DEVICE"] = "cuda"
+            env.setdefault("OGKERNELS_TEST_SCALE", TEST_SCALE)
         start = time.monotonic()
         try:
             proc = subprocess.run(
