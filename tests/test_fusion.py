@@ -308,7 +308,7 @@ def test_fsdp2_single_process_gloo(tmp_path):
         (expected.values**2).sum().backward()
         for (name, a), b in zip(ours.named_parameters(), plain.parameters()):
             # A plain-tensor gradient means FSDP2 never resharded (nor reduce-scattered): its
-            # pre-backward hooks did not find the output's tensors (torch < 2.12 looks for
+            # pre-backward hooks did not find the output's tensors (torch 2.11 looks for
             # them with pytree only, so VarlenBatch must be a registered pytree node).
             assert isinstance(a.grad, DTensor), f"{name}: FSDP2 left an unsharded {type(a.grad).__name__} gradient"
             assert torch.allclose(a.grad.full_tensor(), b.grad, atol=1e-5), name
