@@ -63,6 +63,7 @@ def triton_path(monkeypatch):
 def sav_frames():
     """The first 6 frames of SA-V ``sav_000001`` (Segment Anything Video, Meta, CC BY 4.0;
     shipped in ``tests/data``): per frame ``bool (9, 848, 480)`` masklets and their COCO RLEs."""
+    pytest.importorskip("pycocotools")  # decodes the RLEs (a bare GPU image may lack it)
     from ogkernels.tools.synthetic import sav_file, sav_masklets
 
     path = sav_file()

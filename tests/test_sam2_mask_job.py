@@ -489,7 +489,9 @@ def test_a_killed_job_releases_its_lock(tmp_path):
 
 @pytest.fixture
 def torch_state():
-    """The in-process SAM2 runs set torch's thread count and seed: put them back afterwards."""
+    """The in-process SAM2 runs set torch's thread count and seed: put them back afterwards.
+    (They need SAM 2 itself, which a bare GPU image may lack.)"""
+    pytest.importorskip("sam2")
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     yield
     torch.set_num_threads(threads)
