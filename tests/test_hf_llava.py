@@ -1,6 +1,8 @@
-"""Hugging Face LLaVA + OG-Fusion + packed batches, on a tiny random model (CPU, float32).
+"""Hugging Face LLaVA + OG-Fusion: the model class, its checkpoints, packed batches, and the
+og_llava adapter, on tiny random models (CPU, float32).
 
 Tolerances (float32 throughout unless stated):
+- save → reload, own and Auto classes, plain checkpoints on the plain path: bit-identical;
 - a sample in a packed batch vs the same sample alone: logits and loss rtol = atol = 1e-5
   (same operations; only GEMM blocking over a different row count differs);
 - OG-Fusion path vs the reference path at batch size 1: loss rtol 1e-5 / atol 1e-6, gradients
@@ -9,34 +11,49 @@ Tolerances (float32 throughout unless stated):
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import types
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from integration.llava_data import CharTokenizer, SyntheticCaptions, reference_batch  # noqa: E402
 from integration.train_llava import build_tiny_llava  # noqa: E402
+from ogkernels import reference as R  # noqa: E402
+from ogkernels.fusion import OGFusion  # noqa: E402
+from ogkernels.integrations import hf_llava  # noqa: E402
 from ogkernels.integrations.hf_llava import (  # noqa: E402
+    OGLlavaConfig,
+    OGLlavaForConditionalGeneration,
     apply_ogfusion_to_llava,
-    reference_connector_like,
-    reference_llava_forward,
+    use_packed_attention,
 )
 from ogkernels.integrations.llava_collator import OGLlavaCollator, tokenize_conversation  # noqa: E402
-from ogkernels.fusion import OGFusion  # noqa: E402
+from ogkernels.integrations.og_llava import masks_to_device, use_ogfusion_in_reference_model  # noqa: E402
+from ogkernels.packed_masks import PackedMasks  # noqa: E402
 from ogkernels.packing import IGNORE_INDEX  # noqa: E402
+from ogkernels.tools.reference_llava import reference_connector_like, reference_llava_forward  # noqa: E402
 
-IMAGE_SIZE, PATCHES, VISION_DIM, LLM_DIM, IMAGE_TOKEN = 56, 16, 64, 128, 127
+from .hf_tiny import IMAGE_SIZE, LLM_DIM, PATCHES, VISION_DIM, images_and_masks, processor_for, tiny_model  # noqa: E402
+from .strategies import mask_stacks  # noqa: E402
+from .test_fusion import StandInReferenceModel  # noqa: E402
+
+IMAGE_TOKEN = 127
 TOKENIZER = CharTokenizer()
 
 
 def equipped(attn: str = "sdpa", seed: int = 0):
+    """A plain tiny LLaVA with ``attn`` equipped with a seeded connector (attention kept)."""
     model = build_tiny_llava(attn, seed=seed, image_size=IMAGE_SIZE)
     torch.manual_seed(seed + 1)
-    apply_ogfusion_to_llava(model, connector=OGFusion(VISION_DIM, LLM_DIM))
-    return model
+    return apply_ogfusion_to_llava(model, connector=OGFusion(VISION_DIM, LLM_DIM), attn_implementation=None)
 
 
 def collator(**kwargs):
@@ -60,21 +77,41 @@ def per_sample_losses(logits, labels, cu):
     return torch.stack(out)
 
 
-def test_apply_installs_connector_and_copies_projector():
+# ------------------------------------------------------------------------------ the model class
+
+
+def test_apply_returns_the_same_model_as_the_og_class_with_weights_shared():
     model = build_tiny_llava("sdpa", image_size=IMAGE_SIZE)
     old = model.model.multi_modal_projector
-    connector = OGFusion(VISION_DIM, LLM_DIM)
-    assert apply_ogfusion_to_llava(model, connector=connector) is model
-    assert model.model.multi_modal_projector is connector
-    assert torch.equal(connector.mm_projector[0].weight, old.linear_1.weight)
+    language_weights = [p for p in model.model.language_model.parameters()]
+    equipped_model = apply_ogfusion_to_llava(model, alpha=0.25, max_masks=3, gate=False)
+    assert equipped_model is model and type(model) is OGLlavaForConditionalGeneration
+    assert type(model.config) is OGLlavaConfig and model.model.config is model.config
+    assert all(a is b for a, b in zip(model.model.language_model.parameters(), language_weights))
+    connector = model.model.multi_modal_projector
+    assert isinstance(connector, OGFusion) and connector.options.alpha == 0.25 and not connector.gate
+    assert torch.equal(connector.mm_projector[0].weight, old.linear_1.weight)  # built here: projector copied
     assert torch.equal(connector.mm_projector[2].bias, old.linear_2.bias)
-    assert any(name == "model.multi_modal_projector.mm_bom_mask_token" for name, _ in model.named_parameters())
+    assert model.config.og_options == connector.options.to_dict() and model.config.og_gate is False
+    assert "model.multi_modal_projector.mm_bom_mask_token" in dict(model.named_parameters())
     with pytest.raises(ValueError, match="model: expected a LLaVA model not yet equipped"):
-        apply_ogfusion_to_llava(model, connector=OGFusion(VISION_DIM, LLM_DIM))
+        apply_ogfusion_to_llava(model)
     with pytest.raises(TypeError, match="model: expected a transformers LlavaForConditionalGeneration"):
         apply_ogfusion_to_llava(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match="ogfusion_options"):
-        apply_ogfusion_to_llava(build_tiny_llava(image_size=IMAGE_SIZE), connector=connector, alpha=0.5)
+        apply_ogfusion_to_llava(build_tiny_llava(image_size=IMAGE_SIZE), connector=OGFusion(VISION_DIM, LLM_DIM), alpha=0.5)
+    with pytest.raises(TypeError, match="connector: expected an ogkernels.OGFusion"):
+        apply_ogfusion_to_llava(build_tiny_llava(image_size=IMAGE_SIZE), connector=torch.nn.Linear(2, 2))
+
+
+def test_a_given_connector_keeps_its_weights_unless_asked():
+    connector = OGFusion(VISION_DIM, LLM_DIM)
+    before = connector.mm_projector[0].weight.detach().clone()
+    apply_ogfusion_to_llava(build_tiny_llava(image_size=IMAGE_SIZE), connector=connector)
+    assert torch.equal(connector.mm_projector[0].weight, before)
+    model = build_tiny_llava(image_size=IMAGE_SIZE)
+    apply_ogfusion_to_llava(model, connector=(copied := OGFusion(VISION_DIM, LLM_DIM)), copy_projector=True)
+    assert torch.equal(copied.mm_projector[0].weight, model.model.multi_modal_projector.mm_projector[0].weight)
 
 
 def test_gelu_mismatch_keeps_connector_weights(caplog):
@@ -82,9 +119,156 @@ def test_gelu_mismatch_keeps_connector_weights(caplog):
     model.config.projector_hidden_act = "gelu_pytorch_tanh"
     connector = OGFusion(VISION_DIM, LLM_DIM)
     before = connector.mm_projector[0].weight.clone()
-    apply_ogfusion_to_llava(model, connector=connector)
+    apply_ogfusion_to_llava(model, connector=connector, copy_projector=True)
     assert torch.equal(connector.mm_projector[0].weight, before)
-    assert "not exact GELU" in caplog.text
+    assert "not exact GELU" in caplog.text and model.config.projector_hidden_act == "gelu"
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.fixture(scope="module")
+def processed():
+    """Two images with different OG token counts, processed for the tiny model."""
+    images, masks = images_and_masks(2, seed=5)
+    return images, masks
+
+
+def _inputs(model, images, masks):
+    processor = processor_for(model)
+    return processor(text=["a <image> b", "<image> c d"], images=images, masks=masks, return_tensors="pt", padding=True)
+
+
+@pytest.mark.parametrize("loader", ["own", "auto"])
+def test_save_reload_bit_identical_logits(tmp_path, processed, loader):
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText
+
+    model = tiny_model(seed=1, alpha=0.3, max_masks=4)
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_bom_mask_token.normal_()
+    inputs = _inputs(model, *processed)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "og_llava" and config["og_options"]["alpha"] == 0.3
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as handle:
+        assert set(handle.keys()) == set(model.state_dict())  # what load_state_dict (Trainer resume) reads
+    cls = OGLlavaForConditionalGeneration if loader == "own" else AutoModelForImageTextToText
+    reloaded = cls.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is OGLlavaForConditionalGeneration
+    assert reloaded.model.multi_modal_projector.options == model.model.multi_modal_projector.options
+    assert torch.equal(_logits(reloaded, inputs), _logits(model, inputs))
+
+
+def test_plain_llava_checkpoint_loads_into_the_og_class(tmp_path, processed, caplog):
+    plain = build_tiny_llava("sdpa", seed=2, image_size=IMAGE_SIZE).eval()
+    plain.save_pretrained(tmp_path)  # transformers' legacy key names (language_model.model.*, linear_1/2)
+    with caplog.at_level(logging.WARNING):
+        model = OGLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    connector = model.model.multi_modal_projector
+    assert torch.equal(connector.mm_projector[0].weight, plain.model.multi_modal_projector.linear_1.weight)
+    assert torch.equal(connector.mm_projector[2].bias, plain.model.multi_modal_projector.linear_2.bias)
+    assert torch.equal(model.lm_head.weight, plain.lm_head.weight)
+    assert torch.isfinite(connector.mm_bom_mask_token).all() and connector.mm_bom_mask_token.std() > 0.5  # randn
+    images, _ = processed
+    inputs = _inputs(model, images, None)  # no masks: the plain LLaVA path, V tokens per image
+    assert int((inputs["input_ids"] == IMAGE_TOKEN).sum()) == 2 * PATCHES
+    with torch.no_grad():
+        expected = plain(**{k: v for k, v in inputs.items() if k != "masks"}).logits
+    torch.testing.assert_close(_logits(model, inputs), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_reference_checkpoint_connector_survives_save_and_reload(tmp_path, processed):
+    ref = R.ReferenceOGFusion(VISION_DIM, LLM_DIM)
+    stage1 = tmp_path / "stage1"
+    stage1.mkdir()
+    torch.save({f"model.mm_projector.{k}": v for k, v in ref.mm_projector.state_dict().items()}, stage1 / "mm_projector.bin")
+    torch.save({"model.mm_bom_mask_token.mm_bom_mask_token": ref.mm_bom_mask_token.mm_bom_mask_token.detach()},
+               stage1 / "mm_bom_mask_token.bin")
+    model = apply_ogfusion_to_llava(
+        build_tiny_llava("sdpa", image_size=IMAGE_SIZE), connector=OGFusion.from_reference_checkpoint(stage1)
+    ).eval()
+    connector = model.model.multi_modal_projector
+    assert torch.equal(connector.mm_projector[0].weight, ref.mm_projector[0].weight)
+    assert torch.equal(connector.mm_bom_mask_token, ref.mm_bom_mask_token.mm_bom_mask_token)
+    inputs = _inputs(model, *processed)
+    model.save_pretrained(tmp_path / "hf")
+    reloaded = OGLlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    assert torch.equal(_logits(reloaded, inputs), _logits(model, inputs))
+
+
+def test_config_validates_and_round_trips_the_options():
+    config = OGLlavaConfig.from_llava_config(build_tiny_llava(image_size=IMAGE_SIZE).config, mode="patch", frame="pad")
+    again = OGLlavaConfig.from_dict(config.to_dict())
+    assert again.og_token_options == config.og_token_options and again.og_token_options.frame == "pad"
+    with pytest.raises(ValueError, match="og_projection"):
+        OGLlavaConfig(og_projection="sideways")
+    with pytest.raises(TypeError, match="og_gate: expected a bool"):
+        OGLlavaConfig(og_gate="yes")
+    with pytest.raises(TypeError, match="an unknown option"):
+        OGLlavaConfig(og_options={"alpah": 0.5})
+
+
+# ------------------------------------------------------------------------------ attention default
+
+
+def test_packed_rows_use_varlen_attention_unless_chosen():
+    assert tiny_model().config.text_config._attn_implementation == "ogkernels_varlen"
+    assert tiny_model(attn="sdpa").config.text_config._attn_implementation == "sdpa"
+    model = apply_ogfusion_to_llava(build_tiny_llava("sdpa", image_size=IMAGE_SIZE))  # sdpa: transformers' default
+    assert model.model.language_model.config._attn_implementation == "ogkernels_varlen"
+    kept = apply_ogfusion_to_llava(build_tiny_llava("sdpa", image_size=IMAGE_SIZE), attn_implementation=None)
+    assert kept.model.language_model.config._attn_implementation == "sdpa"
+    eager = apply_ogfusion_to_llava(build_tiny_llava("eager", image_size=IMAGE_SIZE))  # a choice: kept
+    assert eager.model.language_model.config._attn_implementation == "eager"
+
+
+def test_says_once_when_varlen_attention_cannot_be_registered(monkeypatch, caplog):
+    from ogkernels.integrations import hf_attention
+
+    def broken(name):
+        raise RuntimeError("no AttentionInterface")
+
+    monkeypatch.setattr(hf_attention, "register_varlen_attention", broken)
+    hf_llava.packed_attention.cache_clear()
+    hf_llava._warn_once.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=hf_llava.__name__):
+            model = build_tiny_llava("sdpa", image_size=IMAGE_SIZE)
+            apply_ogfusion_to_llava(model)
+            apply_ogfusion_to_llava(build_tiny_llava("sdpa", image_size=IMAGE_SIZE))
+        assert model.model.language_model.config._attn_implementation == "sdpa"
+        assert caplog.text.count("cannot register 'ogkernels_varlen'") == 1
+    finally:
+        monkeypatch.undo()
+        hf_llava.packed_attention.cache_clear()
+    assert use_packed_attention(model) == "ogkernels_varlen"
+
+
+# ------------------------------------------------------------------------------ masks on the host
+
+
+def test_masks_to_device_moves_every_tensor_and_keeps_types():
+    dense = torch.rand(2, 5, 7) < 0.5
+    packed = PackedMasks.from_dense(dense)
+    moved = masks_to_device([dense, packed, None], torch.device("meta"))
+    assert moved[0].device.type == "meta" and moved[2] is None
+    assert isinstance(moved[1], PackedMasks) and moved[1].bits.device.type == "meta" and moved[1].shape == packed.shape
+    assert masks_to_device(dense, dense.device) is dense
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_host_masks_with_a_cuda_model(processed):
+    model = tiny_model(seed=3).cuda()
+    inputs = _inputs(model, *processed)
+    on_host = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in inputs.items()}).logits
+    on_device = model(**inputs.to("cuda")).logits
+    torch.testing.assert_close(on_host, on_device, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------ packed batches
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager", "ogkernels_varlen"])
@@ -132,6 +316,15 @@ def test_plain_path_when_no_mask_is_set(samples):
     with torch.no_grad():
         out = model(**batch)
     assert torch.isfinite(out.loss)
+
+
+def test_placeholder_mismatch_names_the_cause(samples):
+    model = equipped()
+    batch = collator(og_options={"global_view": "full"})(samples[:1])  # a collator with other options than the model
+    with pytest.raises(ValueError, match="OGLlavaCollator.from_model"):
+        model(**batch)
+    with pytest.raises(ValueError, match="masks: expected None without pixel_values"):
+        model(input_ids=batch["input_ids"], masks=batch["masks"])
 
 
 def test_unpacked_padded_batch_matches_packed(samples):
@@ -224,13 +417,6 @@ def test_reference_pad_rows_change_losses_and_cost_tokens(samples):
     lengths = [int(is_image[a:b].sum()) for a, b in zip(cu[:-1], cu[1:])]
     longest = max(lengths)
     pad_rows = sum(longest - n for n in lengths)
-    ref_tokens = labels.numel()
-    print("\nimage tokens L_b:", lengths, "L_max:", longest)
-    print("reference loss batched:", [f"{x:.5f}" for x in ref_batched.tolist()])
-    print("reference loss alone:  ", [f"{x:.5f}" for x in ref_alone.tolist()])
-    print("ours (packed):         ", [f"{x:.5f}" for x in ours.tolist()])
-    print(f"reference LLM tokens {ref_tokens} (image pad rows {pad_rows}) vs packed {batch['input_ids'].shape[1]}")
-
     assert ref.image_rows == longest
     torch.testing.assert_close(ours, ref_alone, rtol=1e-5, atol=1e-5)  # packed == reference without padding
     for b, n in enumerate(lengths):
@@ -238,7 +424,12 @@ def test_reference_pad_rows_change_losses_and_cost_tokens(samples):
             torch.testing.assert_close(ref_batched[b], ref_alone[b], rtol=1e-5, atol=1e-5)
         else:
             assert abs(float(ref_batched[b] - ref_alone[b])) > 1e-4, (b, n, longest)
-    assert pad_rows > 0 and ref_tokens > batch["input_ids"].shape[1]
+    assert pad_rows > 0 and labels.numel() > batch["input_ids"].shape[1]
+
+
+def test_baselines_still_reachable_from_their_old_home():
+    with pytest.warns(DeprecationWarning, match="moved to ogkernels.tools.reference_llava"):
+        assert hf_llava.reference_llava_forward is reference_llava_forward
 
 
 def test_conversation_tokenization_labels_only_answers():
@@ -257,14 +448,16 @@ def test_conversation_tokenization_labels_only_answers():
 
 def test_collator_errors_name_the_sample(samples):
     collate = collator()
-    with pytest.raises(ValueError, match=r"samples\[0\].*placeholder exactly when pixel_values"):
+    with pytest.raises(ValueError, match=r"samples\[0\].*one image placeholder.*exactly when an image is given"):
         collate([{"input_ids": torch.tensor([1, -200, 2])}])
-    with pytest.raises(ValueError, match=r"samples\[0\].*image token id 127"):
-        collate([{"input_ids": torch.tensor([1, 127, 2])}])
+    with pytest.raises(ValueError, match=r"samples\[0\].*2 placeholders"):
+        collate([dict(samples[0], input_ids=torch.tensor([1, 127, 127, 2]))])
     with pytest.raises(ValueError, match=r"input_ids\[1\].*max_length=10"):
         collator(max_length=10)([{"input_ids": torch.tensor([1, 2])}, samples[0]])
     with pytest.raises(ValueError, match=r"token_counter.*1 counts"):
         collator(token_counter=lambda masks: [3, 4])([samples[0]])
+    with pytest.raises(ValueError, match=r"samples\[0\].*remove_unused_columns"):
+        collate([{"pixel_values": samples[0]["pixel_values"], "masks": samples[0]["masks"]}])
 
 
 def test_varlen_attention_from_position_ids_alone_matches_sdpa():
@@ -297,17 +490,45 @@ def test_varlen_attention_honours_padding_masks(side):
     torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-5)
 
 
-def test_generation_with_cache_matches_sdpa(samples):
-    # decode steps: 1 query against a growing cache (bottom-right causal alignment)
-    scores = []
-    for attn in ("sdpa", "ogkernels_varlen"):
-        model = equipped(attn).eval()
-        batch = collator()([samples[0]])
-        ids = batch["input_ids"]
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=batch["pixel_values"],
-            masks=batch["masks"], max_new_tokens=4, do_sample=False, use_cache=True,
-            output_logits=True, return_dict_in_generate=True,
-        )
-        scores.append(torch.stack(out.logits))
-    torch.testing.assert_close(scores[0], scores[1], rtol=1e-5, atol=1e-5)
+# ------------------------------------------------------------------------------ the og_llava adapter
+
+
+def _reference_model_with_rope():
+    torch.manual_seed(0)
+    model = StandInReferenceModel()
+    model.model.custom_rotary_embedding = True
+    model.model.rotary_emb = types.SimpleNamespace(group_ranges=[[(0, 1)]])
+    return model
+
+
+@settings(max_examples=25)
+@given(
+    masks=st.lists(mask_stacks(max_masks=4, max_side=12), min_size=1, max_size=3),
+    layout=st.sampled_from([{}, {"global_view": "full"}, {"global_view": "none"}, {"averaging": True}]),
+)
+def test_adapter_sets_the_reference_group_ranges(masks, layout):
+    flags = R.ReferenceFlags(
+        global_view=layout.get("global_view") != "none",
+        averaging_global_view=layout.get("global_view", "mean") == "mean",
+        averaging=layout.get("averaging", False),
+    )
+    model = _reference_model_with_rope()
+    images = torch.randn(len(masks), 3, 4, 4)
+    features = model.model.get_vision_tower()(images)
+    bom = model.model.mm_bom_mask_token.mm_bom_mask_token
+    use_ogfusion_in_reference_model(model, **layout)
+    got = model.encode_images(images, masks, masking=True)
+    if R.masks_gate(list(masks)):
+        reference = R.og_fusion_embed(features, list(masks), bom, flags)
+        torch.testing.assert_close(got, model.model.mm_projector(reference.block), rtol=1e-5, atol=1e-5)
+        assert model.model.rotary_emb.group_ranges == reference.group_ranges
+    else:
+        torch.testing.assert_close(got, model.model.mm_projector(features), rtol=1e-5, atol=1e-5)
+        assert model.model.rotary_emb.group_ranges == [[(0, 1)]]  # the plain path sets none
+
+
+def test_adapter_with_rope_needs_bom_rows():
+    model = _reference_model_with_rope()
+    use_ogfusion_in_reference_model(model, no_masktoken=True)
+    with pytest.raises(ValueError, match="custom_rotary_embedding: expected a connector with BOM rows"):
+        model.encode_images(torch.randn(1, 3, 4, 4), [torch.rand(2, 9, 9) < 0.3], masking=True)

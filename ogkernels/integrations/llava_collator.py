@@ -1,43 +1,57 @@
 """``OGLlavaCollator``: (image, masks, text) samples → one padding-free packed LLaVA batch.
 
-Each image becomes as many ``image_token_id`` placeholders as OG-Fusion will emit for it
-(``ogkernels.budget.og_token_counts``; ``V`` per image when no image of the batch has a
-non-empty mask, OG-Fusion's plain path). Samples are concatenated into one row with
-``position_ids`` restarting at 0, labels IGNORE on visual rows and on each sample's first
-row, and transformers' ``FlashAttentionKwargs`` — the layout of
-:func:`ogkernels.packing.plan_packing`, computed on the CPU with no model in the loop.
+Each image becomes as many ``image_token_id`` placeholders as OG-Fusion will emit for it (the
+processor's count, :func:`~ogkernels.integrations.hf_processor.image_token_counts`: ``V`` per
+image on the plain path). Samples are concatenated into one row with ``position_ids``
+restarting at 0, labels IGNORE on visual rows and on each sample's first row, and
+transformers' ``FlashAttentionKwargs`` — the layout of :func:`ogkernels.packing.plan_packing`,
+computed on the CPU with no model in the loop.
 
-Text comes as pre-tokenised ``input_ids`` (+ ``labels``) holding one -200 placeholder, or as
-a LLaVA conversation / a caption tokenised with a simple template:
-- caption: ``<image>`` ``caption`` ``eos``, loss on ``caption eos``;
-- conversation (LLaVA JSON ``[{"from": "human"|"gpt", "value": …}, …]``): ``bos``, then per
-  turn ``"USER: " value "\\n"`` (no loss) or ``"ASSISTANT: "`` (no loss) ``value`` ``eos``
-  (loss); ``<image>`` in a human turn marks where the image goes (prepended to the first
-  human turn when a sample has an image but no ``<image>``).
+Build it with :meth:`OGLlavaCollator.from_model`, which reads the OG options, the patch grid,
+the gate and the image token from the model (never given twice) and, with a transformers
+tokenizer, tokenises conversations with the processor's chat template (labels on the
+assistant turns only, the end-of-turn token included).
+
+Text comes as
+- pre-tokenised ``input_ids`` (+ ``labels``) with one image placeholder (the model's
+  ``image_token_id``, or the reference's -200) per sample with an image;
+- ``messages`` (``[{"role": "user" | "assistant" | "system", "content": str | blocks}]``) or
+  ``conversations`` (LLaVA JSON ``[{"from": "human" | "gpt", "value": …}]``), where
+  ``<image>`` (or an image block) marks the image; without one, the image goes first in the
+  first user turn;
+- ``caption``: ``<image> caption eos``, loss on ``caption eos`` (pre-training).
+
+``Trainer`` with its defaults (``remove_unused_columns=True``) keeps only the model's forward
+inputs of each sample (``input_ids``, ``labels``, ``pixel_values``, ``masks``): tokenise in
+the dataset with :meth:`OGLlavaCollator.encode` (or set ``remove_unused_columns=False``).
+
+Without a transformers tokenizer (a plain ``encode``/``bos_token_id``/``eos_token_id``
+tokenizer) conversations use a fixed template: ``bos``, then per turn ``"USER: " value "\\n"``
+(no loss) or ``"ASSISTANT: "`` (no loss) ``value`` ``eos`` (loss).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from .._validation import check_choice, fail
-from ..downsample import parse_grid
-from ..packed_masks import PackedMasks
+from ..options import OGTokenOptions
 from ..packing import IGNORE_INDEX, REFERENCE_IMAGE_TOKEN_ID, TRUNCATIONS, plan_packing
+from .hf_processor import (
+    OGLlavaProcessor,
+    check_matches_model,
+    image_token_counts,
+    model_og_settings,
+    plain_token_count,
+)
 
 IMAGE_TAG = "<image>"
+TEXT_KEYS = ("input_ids", "messages", "conversations", "caption")
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 TokenCounter = Callable[[list[Any]], Sequence[int]]
-
-
-def any_mask(masks: Any) -> bool:
-    """True when ``masks`` (a mask tensor or :class:`PackedMasks`) has a set pixel."""
-    if masks is None:
-        return False
-    bits = masks.bits if isinstance(masks, PackedMasks) else masks
-    return bool(bits.numel()) and bool(bits.any())
 
 
 def tokenize_caption(caption: str, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +64,8 @@ def tokenize_caption(caption: str, tokenizer: Any) -> tuple[torch.Tensor, torch.
 def tokenize_conversation(
     conversations: Sequence[Mapping[str, str]], tokenizer: Any, *, has_image: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A LLaVA conversation → ``(ids, labels)`` with one -200 placeholder if ``has_image``."""
+    """A LLaVA conversation → ``(ids, labels)`` with the fixed template (module docstring)
+    and one -200 placeholder if ``has_image``."""
     ids: list[int] = list(_bos(tokenizer))
     labels: list[int] = [IGNORE_INDEX] * len(ids)
     placed = False
@@ -82,6 +97,80 @@ def tokenize_conversation(
     return torch.tensor(ids, dtype=torch.int64), torch.tensor(labels, dtype=torch.int64)
 
 
+def chat_messages(conversation: Sequence[Mapping[str, Any]], image_token: str, *, has_image: bool) -> list[dict]:
+    """LLaVA JSON turns or chat messages → chat messages, ``<image>`` written as
+    ``image_token``; the image put first in the first user turn when none is marked."""
+    messages, images = [], 0
+    for t, turn in enumerate(conversation):
+        if "from" in turn:
+            role, content = ROLES.get(turn.get("from")), turn.get("value")
+        else:
+            role, content = turn.get("role"), turn.get("content")
+        if role not in ("user", "assistant", "system") or not isinstance(content, (str, list)):
+            fail(f"conversations[{t}]", "a chat turn (role user/assistant/system, str or block content)", str(dict(turn))[:80])
+        if isinstance(content, str):
+            content = content.replace(IMAGE_TAG, image_token)
+            images += content.count(image_token)
+        else:
+            images += sum(isinstance(b, Mapping) and b.get("type") == "image" for b in content)
+        messages.append({"role": role, "content": content})
+    if has_image and images == 0:
+        first = next((m for m in messages if m["role"] == "user"), None)
+        if first is None:
+            fail("conversations", "a user turn to hold the image", "no user turn")
+        content = first["content"]
+        first["content"] = image_token + "\n" + content if isinstance(content, str) else [{"type": "image"}, *content]
+        images = 1
+    if images != int(has_image):
+        fail("conversations", "one image per sample with an image, none without", f"{images} images (has_image={has_image})")
+    return messages
+
+
+def chat_ids_and_labels(
+    conversation: Sequence[Mapping[str, Any]], processor: OGLlavaProcessor, *, has_image: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conversation → ``(ids, labels)`` through ``processor``'s chat template, one image
+    token (unexpanded) if ``has_image``; labels on the assistant turns' text and their
+    end-of-turn token, IGNORE elsewhere."""
+    messages = chat_messages(conversation, processor.image_token, has_image=has_image)
+    text = processor.apply_chat_template(messages, tokenize=False)
+    spans = assistant_spans(messages, processor, text)
+    tokenizer = processor.tokenizer
+    bos = getattr(tokenizer, "bos_token", None)
+    encoded = tokenizer(
+        text, add_special_tokens=not (bos and text.startswith(bos)), return_offsets_mapping=True
+    )
+    ids = torch.tensor(encoded["input_ids"], dtype=torch.int64)
+    supervised = torch.tensor(
+        [end > start and any(start < e and end > s for s, e in spans) for start, end in encoded["offset_mapping"]],
+        dtype=torch.bool,
+    )
+    return ids, torch.where(supervised & (ids != processor.image_token_id), ids, IGNORE_INDEX)
+
+
+def assistant_spans(messages: list[dict], processor: OGLlavaProcessor, text: str) -> list[tuple[int, int]]:
+    """Character spans of the assistant turns in ``text`` (the rendered conversation): each
+    turn is what its rendering adds to the rendering of the turns before it plus the
+    generation prompt."""
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        if i == 0:
+            fail("conversations[0]", "a user or system turn before the first assistant turn", "an assistant turn")
+        before = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        through = processor.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (through.startswith(before) and text.startswith(through)):
+            fail(
+                "processor.chat_template",
+                "a template whose rendering of the first turns is a prefix of the whole conversation's "
+                "(how the assistant turns are found)",
+                f"one that renders turn {i} differently",
+            )
+        spans.append((len(before), len(through)))
+    return spans
+
+
 def _eos(tokenizer: Any) -> list[int]:
     eos = getattr(tokenizer, "eos_token_id", None)
     return [int(eos)] if eos is not None else []
@@ -96,67 +185,117 @@ def _bos(tokenizer: Any) -> list[int]:
 class OGLlavaCollator:
     """Collate samples into one packed batch for an OG-Fusion LLaVA.
 
-    Args:
-        image_token_id: the model's ``config.image_token_id`` (one per visual token in the
+    Prefer :meth:`from_model`. Fields (given directly, all but the processor path):
+        image_token_id: the model's ``config.image_token_id`` (one per visual row in the
             output ``input_ids``).
-        grid: the patch grid of the vision tower, ``V`` or ``(gh, gw)`` (576 or (24, 24) for
-            CLIP ViT-L/14-336).
-        tokenizer: needed for ``caption`` / ``conversations`` samples (``encode``,
-            ``bos_token_id``, ``eos_token_id``).
+        grid: the vision features' ``V`` (576 for CLIP ViT-L/14-336), or the options' grid.
+        tokenizer: for ``caption`` / ``conversations`` samples (``encode``,
+            ``bos_token_id``, ``eos_token_id``; the fixed template).
         max_length: longest packed sample (None: no limit); see ``truncation``.
         truncation: ``"error"`` or ``"drop_text_tail"`` (:mod:`ogkernels.packing`).
-        token_counter: ``masks list → token counts``; default
-            ``og_token_counts(masks, grid, **og_options)``. Must agree with the model's
-            connector (same options).
-        og_options: OG-Fusion layout options for the default counter.
+        token_counter: ``masks list → token counts`` instead of the connector's rule.
+        og_options: ``OGTokenOptions`` (or its fields as a mapping) of the model's connector.
+        gate: the connector's batch gate (default True).
+        processor: an :class:`OGLlavaProcessor`; it then supplies the image token, grid,
+            options, gate, tokenizer and chat template (giving any of them too is an error).
 
-    Samples (mappings): ``pixel_values`` ``(C, H, W)`` or None; ``masks`` ``(N, H, W)`` bool
-    tensor / ``PackedMasks`` / None; and ``input_ids`` (+ ``labels``) with one -200
-    placeholder, or ``conversations``, or ``caption``.
+    Samples (mappings): ``pixel_values`` ``(C, H, W)`` (or ``image``, run through the
+    processor's image processor) or None; ``masks`` ``(N, H, W)`` bool / ``PackedMasks`` /
+    bitmaps / None; and one of ``input_ids`` (+ ``labels``), ``messages``,
+    ``conversations``, ``caption``.
 
     Returns a dict: ``input_ids``, ``labels``, ``position_ids`` ``(1, S)`` int64;
     ``cu_seq_lens_q/k`` ``(B+1,)`` int32; ``max_length_q/k`` int; ``pixel_values``
     ``(n_images, C, H, W)`` or None; ``masks`` (list, one per image) or None.
     """
 
-    image_token_id: int
-    grid: int | tuple[int, int]
+    image_token_id: int | None = None
+    grid: int | tuple[int, int] | None = None
     tokenizer: Any = None
     max_length: int | None = None
     truncation: str = "error"
     token_counter: TokenCounter | None = None
-    og_options: Mapping[str, Any] = field(default_factory=dict)
+    og_options: OGTokenOptions | Mapping[str, Any] | None = None
+    gate: bool | None = None
+    processor: OGLlavaProcessor | None = None
 
     def __post_init__(self) -> None:
+        check_choice("truncation", self.truncation, TRUNCATIONS)
+        if self.processor is not None:
+            if not isinstance(self.processor, OGLlavaProcessor):
+                fail("processor", "an OGLlavaProcessor", self.processor, error=TypeError)
+            for name in ("image_token_id", "grid", "tokenizer", "token_counter", "og_options", "gate"):
+                if getattr(self, name) is not None:
+                    fail(name, "None with a processor (it holds the model's OG settings and the tokenizer)", "a value", error=TypeError)
+            self.image_token_id = self.processor.image_token_id
+            self.grid = self.processor.grid
+            self.tokenizer = self.processor.tokenizer
+            self.og_options = self.processor.options
+            self.gate = self.processor.gate
         if isinstance(self.image_token_id, bool) or not isinstance(self.image_token_id, int):
             fail("image_token_id", "an int", self.image_token_id, error=TypeError)
-        check_choice("truncation", self.truncation, TRUNCATIONS)
-        rows, cols = parse_grid(self.grid, self.og_options.get("mode", "flat"))
-        self.num_patches = rows * cols
+        if self.grid is None:
+            fail("grid", "the vision features' V (or the options' grid)", None, error=TypeError)
+        if isinstance(self.grid, list):
+            self.grid = tuple(self.grid)
+        options = self.og_options
+        if not isinstance(options, OGTokenOptions):
+            options = OGTokenOptions.resolve(None, **dict(options or {}))
+        self.og_options = options
+        self.gate = True if self.gate is None else self.gate
+        self.num_patches = plain_token_count(self.grid, options)
 
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        processor: OGLlavaProcessor | None = None,
+        *,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+        max_length: int | None = None,
+        truncation: str = "error",
+    ) -> "OGLlavaCollator":
+        """A collator with ``model``'s OG settings: through ``processor`` (checked against
+        the model: a difference fails here, naming it), or one built from ``tokenizer`` and
+        ``image_processor``, or — for a plain tokenizer — the fixed template."""
+        if processor is not None:
+            if tokenizer is not None or image_processor is not None:
+                fail("tokenizer", "None with a processor (it has its own)", "a value", error=TypeError)
+            check_matches_model(processor, model)
+            return cls(max_length=max_length, truncation=truncation, processor=processor)
+        from transformers import PreTrainedTokenizerBase
+
+        if isinstance(tokenizer, PreTrainedTokenizerBase) and image_processor is not None:
+            processor = OGLlavaProcessor.from_model(model, tokenizer=tokenizer, image_processor=image_processor)
+            return cls(max_length=max_length, truncation=truncation, processor=processor)
+        settings = model_og_settings(model)
+        return cls(
+            settings["image_token_id"],
+            settings["grid"],
+            tokenizer,
+            max_length,
+            truncation,
+            og_options=OGTokenOptions.from_dict(settings["og_options"]),
+            gate=settings["gate"],
+        )
+
+    # ------------------------------------------------------------------------------------------
     def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not isinstance(samples, (list, tuple)) or not samples:
             fail("samples", "a non-empty list of sample mappings", samples, error=TypeError)
-        ids, labels, pixels, masks, with_image = [], [], [], [], []
-        for b, sample in enumerate(samples):
-            sample_ids, sample_labels = self._text(b, sample)
-            if bool((sample_ids == self.image_token_id).any()):
-                fail(f"samples[{b}]", f"text without the image token id {self.image_token_id}", "text containing it")
-            has_placeholder = bool((sample_ids == REFERENCE_IMAGE_TOKEN_ID).any())
-            image = sample.get("pixel_values")
-            if has_placeholder != (image is not None):
-                fail(f"samples[{b}]", "an image placeholder exactly when pixel_values is given",
-                     f"placeholder={has_placeholder}, pixel_values={'given' if image is not None else None}")
-            if image is not None:
-                pixels.append(image)
-                masks.append(sample.get("masks"))
-            with_image.append(image is not None)
-            ids.append(sample_ids)
-            labels.append(sample_labels)
+        encoded = [self.encode(sample, index=b) for b, sample in enumerate(samples)]
+        with_image = [item["pixel_values"] is not None for item in encoded]
+        pixels = [item["pixel_values"] for item in encoded if item["pixel_values"] is not None]
+        masks = [item["masks"] for item in encoded if item["pixel_values"] is not None]
         counts = iter(self.count_tokens(masks))
-        image_lengths = [next(counts) if flag else 0 for flag in with_image]
         layout = plan_packing(
-            ids, image_lengths, labels, max_length=self.max_length, truncation=self.truncation
+            [item["input_ids"] for item in encoded],
+            [next(counts) if flag else 0 for flag in with_image],
+            [item["labels"] for item in encoded],
+            image_token_id=self.image_token_id,
+            max_length=self.max_length,
+            truncation=self.truncation,
         )
         return {
             "input_ids": layout.expanded_ids(self.image_token_id),
@@ -170,39 +309,64 @@ class OGLlavaCollator:
             "masks": masks if pixels else None,
         }
 
+    def encode(self, sample: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+        """One sample → ``input_ids`` / ``labels`` (1-D int64, one ``image_token_id`` where the
+        image goes), ``pixel_values`` ``(C, H, W)`` or None, ``masks``: what the collator
+        packs, and what a dataset can return for ``Trainer``'s default column filter."""
+        name = f"samples[{index}]"
+        if not isinstance(sample, Mapping):
+            fail(name, "a mapping", sample, error=TypeError)
+        pixel_values = sample.get("pixel_values")
+        if pixel_values is None and sample.get("image") is not None:
+            if self.processor is None:
+                fail(f"{name}['image']", "pixel_values, or a collator with a processor (to process the image)", "an image")
+            pixel_values = self.processor.image_processor(images=sample["image"], return_tensors="pt")["pixel_values"][0]
+        ids, labels = self._text(name, sample, has_image=pixel_values is not None)
+        ids = torch.where(ids == REFERENCE_IMAGE_TOKEN_ID, self.image_token_id, ids)
+        placeholders = int((ids == self.image_token_id).sum())
+        if placeholders != int(pixel_values is not None):
+            fail(
+                name,
+                f"one image placeholder ({self.image_token_id}, unexpanded) exactly when an image is given",
+                f"{placeholders} placeholders, pixel_values={'given' if pixel_values is not None else None}",
+            )
+        labels = torch.where(ids == self.image_token_id, IGNORE_INDEX, labels)
+        return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values, "masks": sample.get("masks")}
+
     def count_tokens(self, masks: list[Any]) -> list[int]:
-        """Each image's token count: OG-Fusion's when any image has a non-empty mask (the
-        connector's batch gate), else ``V`` per image (plain LLaVA path)."""
+        """Each image's token count, as the model's connector emits them."""
         if not masks:
             return []
-        if not any(any_mask(m) for m in masks):
-            return [self.num_patches] * len(masks)
-        counter = self.token_counter
-        if counter is None:
-            from ..budget import og_token_counts
-
-            return [int(n) for n in og_token_counts(masks, self.grid, **self.og_options)]
-        counts = [int(n) for n in counter(masks)]
+        if self.token_counter is None:
+            return image_token_counts(masks, len(masks), self.grid, self.og_options, self.gate)
+        counts = [int(n) for n in self.token_counter(masks)]
         if len(counts) != len(masks):
             fail("token_counter", f"{len(masks)} counts (one per image)", f"{len(counts)} counts")
         return counts
 
-    def _text(self, b: int, sample: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _text(self, name: str, sample: Mapping[str, Any], *, has_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if "input_ids" in sample:
             ids = torch.as_tensor(sample["input_ids"], dtype=torch.int64)
             labels = sample.get("labels")
             if labels is None:
-                return ids, torch.where(ids == REFERENCE_IMAGE_TOKEN_ID, IGNORE_INDEX, ids)
+                return ids, ids.clone()
             return ids, torch.as_tensor(labels, dtype=torch.int64)
-        if self.tokenizer is None:
-            fail("tokenizer", f"a tokenizer for samples[{b}] (it has no input_ids)", None)
-        if "conversations" in sample:
-            return tokenize_conversation(
-                sample["conversations"], self.tokenizer, has_image=sample.get("pixel_values") is not None
+        key = next((k for k in TEXT_KEYS if k in sample), None)
+        if key is None:
+            fail(
+                name,
+                "input_ids, messages, conversations or caption (under Trainer's remove_unused_columns=True, "
+                "tokenise in the dataset with OGLlavaCollator.encode)",
+                sorted(sample),
             )
-        if "caption" in sample:
-            if sample.get("pixel_values") is None:
-                fail(f"samples[{b}]", "pixel_values with a caption", None)
+        if self.tokenizer is None:
+            fail("tokenizer", f"a tokenizer for {name} (it has no input_ids)", None)
+        if key == "caption":
+            if not has_image:
+                fail(name, "pixel_values with a caption", None)
             return tokenize_caption(sample["caption"], self.tokenizer)
-        fail(f"samples[{b}]", "input_ids, conversations or caption", sorted(sample))
-        raise AssertionError  # unreachable: fail raises
+        if self.processor is not None:
+            return chat_ids_and_labels(sample[key], self.processor, has_image=has_image)
+        if key == "messages":
+            fail(f"{name}['messages']", "a collator with a processor (chat template)", "no processor")
+        return tokenize_conversation(sample[key], self.tokenizer, has_image=has_image)
