@@ -43,7 +43,7 @@ def char_tokenizer(chat_template: str | None = None):
     vocab = {token: i for i, token in enumerate(specials + chars + list(LLAMA3_SPECIALS))}
     vocab["<image>"] = IMAGE_TOKEN_ID
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(
         [AddedToken(t, special=True, normalized=False) for t in specials + list(LLAMA3_SPECIALS) + ["<image>"]]

@@ -37,7 +37,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
     "{% elif message['role'] == 'user' %}USER: {{ message['content'] }}\n"
-    "{% else %}ASSISTANT: {{ message['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% else %}ASSISTANT: {{ message['content'] }}{{ eos_token }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT: {% endif %}"
 )
@@ -183,13 +183,18 @@ class OGLlavaProcessor(ProcessorMixin):
     def from_model(
         cls, model: Any, *, tokenizer: Any, image_processor: Any, chat_template: str | None = None
     ) -> "OGLlavaProcessor":
-        """A processor with ``model``'s OG options, grid, gate and image token (its config's
-        ``image_token_id`` must be the tokenizer's id of that token)."""
+        """A processor with ``model``'s OG options, grid and gate; the image token is the
+        tokenizer's (``tokenizer.image_token``, else the token of the model's
+        ``image_token_id``), and its id must be the model's ``image_token_id``."""
         settings = model_og_settings(model)
         image_token_id = settings.pop("image_token_id")
-        image_token = tokenizer.convert_ids_to_tokens(image_token_id)
-        if not isinstance(image_token, str):
-            fail("tokenizer", f"a token for the model's image_token_id {image_token_id}", repr(image_token))
+        image_token = getattr(tokenizer, "image_token", None) or tokenizer.convert_ids_to_tokens(image_token_id)
+        if tokenizer.convert_tokens_to_ids(image_token) != image_token_id:
+            fail(
+                "tokenizer",
+                f"the model's image_token_id {image_token_id} for its image token {image_token!r}",
+                f"id {tokenizer.convert_tokens_to_ids(image_token)}",
+            )
         return cls(image_processor, tokenizer, chat_template=chat_template, image_token=image_token, **settings)
 
     @property
