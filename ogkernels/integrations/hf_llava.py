@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "og_llava"
 PACKED_ATTENTION = "ogkernels_varlen"
+IMAGE_TOKEN_TYPE = 1  # transformers' mm_token_type_ids value for image tokens
+PARKED_IMAGE_ID = -1
 AUTO_MODEL_CLASSES = ("AutoModelForImageTextToText", "AutoModelForPreTraining", "AutoModelForMultimodalLM")
 
 
@@ -184,6 +186,7 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        mm_token_type_ids: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> LlavaCausalLMOutputWithPast:
         """LLaVA's forward with OG-Fusion.
@@ -199,6 +202,9 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                 ``use_cache=False`` (position ids derived from ``cu_seq_lens_q`` when absent).
             attention_mask, position_ids, past_key_values, use_cache, inputs_embeds, labels,
                 logits_to_keep: as in ``LlavaForConditionalGeneration``.
+            mm_token_type_ids: ``(B, T)``, 1 where a placeholder is an image row (the
+                processor's output; ``generate`` extends it with 0 for new tokens): an image id
+                elsewhere — one the model generated — is an ordinary token.
 
         Returns:
             ``LlavaCausalLMOutputWithPast``: ``loss``, ``logits``, ``image_hidden_states`` =
@@ -214,7 +220,7 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                 fail("input_ids", "token ids with image placeholders when pixel_values is given", "None")
             image_tokens = self.image_tokens(pixel_values, masks)
         if inputs_embeds is None:
-            inputs_embeds = self._embed(input_ids, image_tokens)
+            inputs_embeds = self._embed(input_ids, image_tokens, mm_token_type_ids)
 
         if kwargs.get("cu_seq_lens_q") is not None:
             if attention_mask is not None:
@@ -251,12 +257,21 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             image_hidden_states=None if image_tokens is None else image_tokens.values,
         )
 
-    def _embed(self, input_ids: torch.Tensor, image_tokens: VarlenBatch | None) -> torch.Tensor:
+    def _embed(
+        self, input_ids: torch.Tensor, image_tokens: VarlenBatch | None, mm_token_type_ids: torch.Tensor | None
+    ) -> torch.Tensor:
         embed = self.get_input_embeddings()
         if image_tokens is None:
             return embed(input_ids)  # no images in this call: an image id is a plain token
+        image_id = self.config.image_token_id
+        if mm_token_type_ids is not None:
+            # image ids outside the image rows are text: park them on an id no token has
+            plain = (input_ids == image_id) & (mm_token_type_ids != IMAGE_TOKEN_TYPE)
+            input_ids = torch.where(plain, PARKED_IMAGE_ID, input_ids)
+            table = embed
+            embed = lambda ids: table(torch.where(ids == PARKED_IMAGE_ID, image_id, ids))  # noqa: E731
         try:
-            return merge_image_tokens(input_ids, image_tokens, embed, self.config.image_token_id)
+            return merge_image_tokens(input_ids, image_tokens, embed, image_id)
         except ValueError as error:
             raise ValueError(
                 f"{error}; input_ids must hold each image's OG token count for this model's connector "

@@ -152,6 +152,8 @@ class OGLlavaProcessor(ProcessorMixin):
     (``processor_config.json`` holds the OG settings).
     """
 
+    return_mm_token_type_ids = True  # marks the image rows, so a generated image id stays a token
+
     def __init__(
         self,
         image_processor: Any = None,
@@ -218,7 +220,8 @@ class OGLlavaProcessor(ProcessorMixin):
         """``text`` (str or list) with one image token per image, ``images``, and ``masks``
         (None, or one entry per image: ``(N, H, W)`` masks at the image's original size,
         ``PackedMasks``, bitmaps or None). Returns a ``BatchFeature``: ``input_ids``,
-        ``attention_mask``, ``pixel_values`` and ``masks`` (the list, when given)."""
+        ``attention_mask``, ``mm_token_type_ids`` (1 on image rows), ``pixel_values`` and
+        ``masks`` (the list, when given)."""
         num_images = 0 if images is None else len(make_flat_list_of_images(images))
         masks = as_mask_list(masks, num_images)
         if masks is not None and images is None:
