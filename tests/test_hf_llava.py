@@ -89,10 +89,10 @@ def test_apply_returns_the_same_model_as_the_og_class_with_weights_shared():
     assert type(model.config) is OGLlavaConfig and model.model.config is model.config
     assert all(a is b for a, b in zip(model.model.language_model.parameters(), language_weights))
     connector = model.model.multi_modal_projector
-    assert isinstance(connector, OGFusion) and connector.options.alpha == 0.25 and not connector.gate
+    assert isinstance(connector, OGFusion) and connector.options.alpha == 0.25 and not connector.options.gate
     assert torch.equal(connector.mm_projector[0].weight, old.linear_1.weight)  # built here: projector copied
     assert torch.equal(connector.mm_projector[2].bias, old.linear_2.bias)
-    assert model.config.og_options == connector.options.to_dict() and model.config.og_gate is False
+    assert model.config.og_options == connector.options.to_dict() and model.config.og_options["gate"] is False
     assert "model.multi_modal_projector.mm_bom_mask_token" in dict(model.named_parameters())
     with pytest.raises(ValueError, match="model: expected a LLaVA model not yet equipped"):
         apply_ogfusion_to_llava(model)
@@ -205,8 +205,8 @@ def test_config_validates_and_round_trips_the_options():
     assert again.og_token_options == config.og_token_options and again.og_token_options.frame == "pad"
     with pytest.raises(ValueError, match="og_projection"):
         OGLlavaConfig(og_projection="sideways")
-    with pytest.raises(TypeError, match="og_gate: expected a bool"):
-        OGLlavaConfig(og_gate="yes")
+    with pytest.raises(TypeError, match="gate: expected a bool"):
+        OGLlavaConfig(og_options={"gate": "yes"})
     with pytest.raises(TypeError, match="an unknown option"):
         OGLlavaConfig(og_options={"alpah": 0.5})
 

@@ -30,7 +30,8 @@ from .strategies import mask_stacks
 
 TOKENIZER = char_tokenizer()
 IMAGE_PROCESSOR = image_processor()
-LAYOUTS = [{}, {"global_view": "full"}, {"max_masks": 2}, {"no_masktoken": True, "alpha": 0.25}]
+LAYOUTS = [{}, {"global_view": "full"}, {"max_masks": 2}, {"no_masktoken": True, "alpha": 0.25}, {"gate": False},
+           {"maskless": "plain"}]
 #: A template that renders image blocks itself (as llava-hf's does).
 BLOCK_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: "
@@ -48,9 +49,9 @@ def processor(**og_options) -> OGLlavaProcessor:
     return OGLlavaProcessor(IMAGE_PROCESSOR, TOKENIZER, og_options=og_options, grid=PATCHES)
 
 
-def connector_lengths(masks, options: OGTokenOptions, gate: bool = True) -> list[int]:
+def connector_lengths(masks, options: OGTokenOptions) -> list[int]:
     features = torch.randn(len(masks), PATCHES, 8)
-    return OGFusion(8, 8, options, gate=gate)(features, masks).lengths.tolist()
+    return OGFusion(8, 8, options)(features, masks).lengths.tolist()
 
 
 def placeholders_per_row(inputs) -> list[int]:
@@ -79,16 +80,7 @@ def test_counts_equal_the_connector_and_og_tokens(masks, layout):
     assert inputs["masks"] == list(masks)
 
 
-@pytest.mark.parametrize(
-    "maskless",
-    [
-        "reference",
-        pytest.param(
-            "plain",
-            marks=pytest.mark.xfail(strict=True, reason="OGTokenOptions.maskless='plain' lands with the lead's token plan"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("maskless", ["reference", "plain"])
 def test_mixed_batch_with_an_image_without_masks(model, maskless):
     images, masks = images_and_masks(2, seed=1)
     masks[1] = None
@@ -103,15 +95,19 @@ def test_mixed_batch_with_an_image_without_masks(model, maskless):
     assert placeholders_per_row(inputs) == counts
     with torch.no_grad():
         out = equipped(**inputs)
+        features = equipped.vision_features(inputs["pixel_values"])[1]
+        projector = equipped.model.multi_modal_projector.mm_projector
+        expected = projector(features.mean(0, keepdim=True)) if maskless == "reference" else projector(features)
     assert torch.isfinite(out.logits).all() and out.image_hidden_states.shape[0] == sum(counts)
+    torch.testing.assert_close(out.image_hidden_states[counts[0] :], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_without_any_mask_takes_the_plain_path():
     proc = processor()
     assert proc.count_image_tokens([None, torch.zeros(2, 9, 9, dtype=torch.bool)], 2) == [PATCHES, PATCHES]
     assert proc.count_image_tokens(None, 3) == [PATCHES] * 3
-    ungated = OGLlavaProcessor(IMAGE_PROCESSOR, TOKENIZER, grid=PATCHES, gate=False)
-    assert ungated.count_image_tokens([None, None], 2) == connector_lengths([None, None], OGTokenOptions(), gate=False) == [1, 1]
+    ungated = processor(gate=False)
+    assert ungated.count_image_tokens([None, None], 2) == connector_lengths([None, None], OGTokenOptions(gate=False)) == [1, 1]
 
 
 def test_masks_must_match_the_images():
@@ -128,7 +124,7 @@ def test_masks_must_match_the_images():
 def test_from_model_reads_the_model_settings(model):
     equipped = tiny_model(seed=1, alpha=0.3, max_masks=2, gate=False)
     proc = processor_for(equipped)
-    assert proc.options == equipped.model.multi_modal_projector.options and proc.gate is False
+    assert proc.options == equipped.model.multi_modal_projector.options and proc.options.gate is False
     assert proc.grid == PATCHES and proc.image_token_id == equipped.config.image_token_id
     other = tiny_model(seed=1)
     other.config.image_token_id = 5
@@ -141,12 +137,12 @@ def test_save_and_load(tmp_path, loader):
     from transformers import AutoProcessor
 
     proc = OGLlavaProcessor(IMAGE_PROCESSOR, TOKENIZER, chat_template=LLAMA3_TEMPLATE, grid=PATCHES,
-                            og_options=OGTokenOptions(global_view="full", max_masks=3), gate=False)
+                            og_options=OGTokenOptions(global_view="full", max_masks=3, gate=False))
     proc.save_pretrained(tmp_path)
     cls = OGLlavaProcessor if loader == "own" else AutoProcessor
     loaded = cls.from_pretrained(tmp_path)
     assert type(loaded) is OGLlavaProcessor
-    assert loaded.options == proc.options and loaded.gate is False and loaded.grid == PATCHES
+    assert loaded.options == proc.options and loaded.options.gate is False and loaded.grid == PATCHES
     assert loaded.chat_template == LLAMA3_TEMPLATE and loaded.image_token == "<image>"
     images, masks = images_and_masks(2, seed=2)
     text = ["<image> one", "two <image>"]

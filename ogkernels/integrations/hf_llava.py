@@ -2,8 +2,8 @@
 
 :class:`OGLlavaForConditionalGeneration` is a ``LlavaForConditionalGeneration`` whose
 ``model.multi_modal_projector`` is an :class:`ogkernels.OGFusion`, with its own config class
-(:class:`OGLlavaConfig`, ``model_type="og_llava"``) holding the connector's options
-(``og_options`` = ``OGTokenOptions.to_dict()``, ``og_gate``, ``og_projection``). Importing this
+(:class:`OGLlavaConfig`, ``model_type="og_llava"``) holding the connector's settings
+(``og_options`` = ``OGTokenOptions.to_dict()``, ``og_projection``). Importing this
 module registers both with ``AutoConfig``, ``AutoModelForImageTextToText``,
 ``AutoModelForPreTraining``, ``AutoModelForMultimodalLM`` and ``AutoProcessor``
 (:class:`~ogkernels.integrations.hf_processor.OGLlavaProcessor`)::
@@ -46,7 +46,7 @@ from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
 from .._validation import check_choice, fail
 from ..fusion import PROJECTION_ORDERS, OGFusion
 from ..ops.index import position_ids_from_cu_seqlens
-from ..options import OGTokenOptions, check_bool
+from ..options import OGTokenOptions
 from ..packing import merge_image_tokens
 from ..varlen import VarlenBatch
 from .hf_processor import OGLlavaProcessor
@@ -63,24 +63,21 @@ AUTO_MODEL_CLASSES = ("AutoModelForImageTextToText", "AutoModelForPreTraining", 
 
 class OGLlavaConfig(LlavaConfig):
     """``LlavaConfig`` plus the connector: ``og_options`` (``OGTokenOptions.to_dict()``;
-    None reads as the defaults), ``og_gate`` (``OGFusion(gate=)``) and ``og_projection``
-    (``OGFusion(projection=)``)."""
+    None reads as the defaults) and ``og_projection`` (``OGFusion(projection=)``)."""
 
     model_type = MODEL_TYPE
     og_options: dict | None = None
-    og_gate: bool = True
     og_projection: str = "auto"
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
-        self.set_connector(OGTokenOptions.from_dict(self.og_options or {}), self.og_gate, self.og_projection)
+        self.set_connector(OGTokenOptions.from_dict(self.og_options or {}), self.og_projection)
 
-    def set_connector(self, options: OGTokenOptions, gate: bool, projection: str) -> None:
+    def set_connector(self, options: OGTokenOptions, projection: str) -> None:
         """Store a connector's settings (validated)."""
         if not isinstance(options, OGTokenOptions):
             fail("options", "an OGTokenOptions", options, error=TypeError)
         self.og_options = options.to_dict()
-        self.og_gate = check_bool("og_gate", gate)
         self.og_projection = check_choice("og_projection", projection, PROJECTION_ORDERS)
 
     @property
@@ -93,7 +90,6 @@ class OGLlavaConfig(LlavaConfig):
         config: LlavaConfig,
         options: OGTokenOptions | None = None,
         *,
-        gate: bool = True,
         projection: str = "auto",
         **option_overrides: Any,
     ) -> "OGLlavaConfig":
@@ -105,19 +101,18 @@ class OGLlavaConfig(LlavaConfig):
         return cls(
             **values,
             og_options=OGTokenOptions.resolve(options, **option_overrides).to_dict(),
-            og_gate=gate,
             og_projection=projection,
         )
 
 
 def connector_for(config: LlavaConfig, **overrides: Any) -> OGFusion:
     """An ``OGFusion`` sized for ``config`` (``vision hidden × feature layers → text hidden``)
-    with ``overrides`` (``options``, ``gate``, ``projection``, option fields) or, without
-    them, the settings of an :class:`OGLlavaConfig`."""
+    with ``overrides`` (``options``, ``projection``, option fields) or, without them, the
+    settings of an :class:`OGLlavaConfig`."""
     layers = config.vision_feature_layer
     vision_dim = config.vision_config.hidden_size * (1 if isinstance(layers, int) else len(layers))
     if not overrides and isinstance(config, OGLlavaConfig):
-        overrides = {"options": config.og_token_options, "gate": config.og_gate, "projection": config.og_projection}
+        overrides = {"options": config.og_token_options, "projection": config.og_projection}
     return OGFusion(vision_dim, config.text_config.hidden_size, **overrides)
 
 
@@ -370,8 +365,8 @@ def apply_ogfusion_to_llava(
         attn_implementation: the language model's attention for packed rows, see
             :func:`use_packed_attention` (default ``"auto"``: ``"ogkernels_varlen"`` instead
             of the default ``"sdpa"``).
-        **ogfusion_options: ``OGFusion`` keyword options (``options=``, ``gate=``,
-            ``projection=``, ``OGTokenOptions`` fields); only without ``connector``.
+        **ogfusion_options: ``OGFusion`` keyword options (``options=``, ``projection=``,
+            ``OGTokenOptions`` fields such as ``gate=``); only without ``connector``.
 
     The config becomes an :class:`OGLlavaConfig` holding the connector's settings, so
     ``save_pretrained`` / ``from_pretrained`` round-trip the model.
@@ -396,7 +391,7 @@ def apply_ogfusion_to_llava(
         connector.to(device=reference.device, dtype=reference.dtype)
     model.model.multi_modal_projector = connector
     config.__class__ = OGLlavaConfig  # in place: the model, its submodules and generation share it
-    config.set_connector(connector.options, connector.gate, connector.projection)
+    config.set_connector(connector.options, connector.projection)
     config.projector_hidden_act = "gelu"  # the connector's activation
     model.__class__ = OGLlavaForConditionalGeneration
     use_packed_attention(model, attn_implementation)

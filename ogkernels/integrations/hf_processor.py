@@ -4,13 +4,13 @@
 text with each image's placeholder (the tokenizer's own image token) repeated as many times as
 the model's OG-Fusion emits rows for that image, so ``model(**inputs)`` and
 ``model.generate(**inputs)`` merge the right rows. The counts are the connector's own rule
-(:func:`image_token_counts`): ``V`` per image on the plain LLaVA path (no masks, or — with the
-reference's batch gate — no set pixel anywhere in the batch), otherwise
-``ogkernels.budget.og_token_counts(masks, grid, options)`` (an image whose ``masks`` entry is
-None gets what ``OGTokenOptions.maskless`` says).
+(:func:`image_token_counts`): ``V`` per image without masks (the plain LLaVA path), otherwise
+``ogkernels.budget.og_token_counts(masks, grid, options)`` — the reference's batch gate
+(``OGTokenOptions.gate``) and the rule for an image whose entry is None
+(``OGTokenOptions.maskless``) included.
 
 The options are never given twice: :meth:`OGLlavaProcessor.from_model` reads them (and the
-patch grid, the batch gate and the image token) from the model's config, and
+patch grid and the image token) from the model's config, and
 :func:`check_matches_model` names the first difference when a processor made elsewhere is
 used with a model.
 
@@ -30,7 +30,7 @@ from transformers import ProcessorMixin
 from transformers.image_utils import make_flat_list_of_images
 
 from .._validation import fail
-from ..options import OGTokenOptions, check_bool, parse_grid
+from ..options import OGTokenOptions, parse_grid
 
 #: A LLaVA-1.5 style template (``USER: … ASSISTANT: …``) for tokenizers without one.
 DEFAULT_CHAT_TEMPLATE = (
@@ -45,18 +45,15 @@ DEFAULT_IMAGE_TOKEN = "<image>"
 
 
 def image_token_counts(
-    masks: Sequence[Any] | None, num_images: int, grid: int | tuple[int, int], options: OGTokenOptions, gate: bool
+    masks: Sequence[Any] | None, num_images: int, grid: int | tuple[int, int], options: OGTokenOptions
 ) -> list[int]:
-    """Each image's connector rows, as ``OGFusion(options, gate=gate)`` emits them.
+    """Each image's connector rows, as ``OGFusion(options)`` emits them.
 
     ``masks``: None (the plain path for every image) or one entry per image (masks,
     ``PackedMasks``, bitmaps or None). ``grid``: the features' ``V`` (or the options' grid).
     """
-    from ..fusion import any_mask_set
-
-    num_patches = plain_token_count(grid, options)
-    if masks is None or (gate and not bool(any_mask_set(masks))):
-        return [num_patches] * num_images
+    if masks is None:
+        return [plain_token_count(grid, options)] * num_images
     from ..budget import og_token_counts
 
     return [int(n) for n in og_token_counts(list(masks), grid, options)]
@@ -85,7 +82,7 @@ def as_mask_list(masks: Any, num_images: int) -> list[Any] | None:
 def model_og_settings(model: Any) -> dict[str, Any]:
     """What a processor or collator must agree on with ``model`` (an
     ``OGLlavaForConditionalGeneration``, or a PEFT wrapper of one): ``og_options`` (dict),
-    ``grid``, ``gate`` and ``image_token_id``, read from its config."""
+    ``grid`` and ``image_token_id``, read from its config."""
     config = getattr(model, "config", None)
     if getattr(config, "og_options", None) is None:
         fail(
@@ -101,19 +98,17 @@ def model_og_settings(model: Any) -> dict[str, Any]:
     return {
         "og_options": options.to_dict(),
         "grid": options.grid if options.grid is not None else num_patches,
-        "gate": bool(config.og_gate),
         "image_token_id": int(config.image_token_id),
     }
 
 
 def check_matches_model(processor: "OGLlavaProcessor", model: Any) -> None:
     """Raise ``ValueError`` naming the first OG setting in which ``processor`` differs from
-    ``model``'s config (options, grid, gate, image token)."""
+    ``model``'s config (options, grid, image token)."""
     expected = model_og_settings(model)
     have = {
         "og_options": processor.og_options,
         "grid": processor.grid,
-        "gate": processor.gate,
         "image_token_id": processor.image_token_id,
     }
     for name, value in expected.items():
@@ -144,11 +139,10 @@ class OGLlavaProcessor(ProcessorMixin):
             :data:`DEFAULT_CHAT_TEMPLATE`.
         og_options: ``OGTokenOptions`` or its ``to_dict()`` (default: the reference's).
         grid: the vision features' ``V`` (576 for CLIP ViT-L/14-336), or the options' grid.
-        gate: the connector's batch gate (``OGFusion(gate=...)``).
         image_token: default ``tokenizer.image_token`` if set, else ``"<image>"``.
 
-    Prefer :meth:`from_model`, which takes ``og_options``, ``grid``, ``gate`` and the image
-    token from the model. Saved and loaded with ``save_pretrained`` / ``from_pretrained``
+    Prefer :meth:`from_model`, which takes ``og_options``, ``grid`` and the image token from
+    the model. Saved and loaded with ``save_pretrained`` / ``from_pretrained``
     (``processor_config.json`` holds the OG settings).
     """
 
@@ -161,7 +155,6 @@ class OGLlavaProcessor(ProcessorMixin):
         chat_template: str | None = None,
         og_options: OGTokenOptions | Mapping[str, Any] | None = None,
         grid: int | Sequence[int] = 576,
-        gate: bool = True,
         image_token: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -174,7 +167,6 @@ class OGLlavaProcessor(ProcessorMixin):
         options = self.options
         self.grid = list(grid) if isinstance(grid, (list, tuple)) else grid
         plain_token_count(self.grid if isinstance(self.grid, int) else tuple(self.grid), options)  # validates
-        self.gate = check_bool("gate", gate)
         self.image_token = image_token or getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         if self.image_token_id is None or self.image_token_id == getattr(tokenizer, "unk_token_id", None):
@@ -185,7 +177,7 @@ class OGLlavaProcessor(ProcessorMixin):
     def from_model(
         cls, model: Any, *, tokenizer: Any, image_processor: Any, chat_template: str | None = None
     ) -> "OGLlavaProcessor":
-        """A processor with ``model``'s OG options, grid and gate; the image token is the
+        """A processor with ``model``'s OG options and grid; the image token is the
         tokenizer's (``tokenizer.image_token``, else the token of the model's
         ``image_token_id``), and its id must be the model's ``image_token_id``."""
         settings = model_og_settings(model)
@@ -213,7 +205,7 @@ class OGLlavaProcessor(ProcessorMixin):
 
     def count_image_tokens(self, masks: Sequence[Any] | None, num_images: int) -> list[int]:
         """Each image's placeholder count for a batch (see :func:`image_token_counts`)."""
-        return image_token_counts(masks, num_images, self._grid_arg(), self.options, self.gate)
+        return image_token_counts(masks, num_images, self._grid_arg(), self.options)
 
     # -- processing ---------------------------------------------------------------------------
     def __call__(self, images: Any = None, text: Any = None, masks: Any = None, **kwargs: Any):

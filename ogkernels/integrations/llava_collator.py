@@ -7,8 +7,8 @@ restarting at 0, labels IGNORE on visual rows and on each sample's first row, an
 transformers' ``FlashAttentionKwargs`` — the layout of :func:`ogkernels.packing.plan_packing`,
 computed on the CPU with no model in the loop.
 
-Build it with :meth:`OGLlavaCollator.from_model`, which reads the OG options, the patch grid,
-the gate and the image token from the model (never given twice) and, with a transformers
+Build it with :meth:`OGLlavaCollator.from_model`, which reads the OG options, the patch grid
+and the image token from the model (never given twice) and, with a transformers
 tokenizer, tokenises conversations with the processor's chat template (labels on the
 assistant turns only, the end-of-turn token included).
 
@@ -195,9 +195,8 @@ class OGLlavaCollator:
         truncation: ``"error"`` or ``"drop_text_tail"`` (:mod:`ogkernels.packing`).
         token_counter: ``masks list → token counts`` instead of the connector's rule.
         og_options: ``OGTokenOptions`` (or its fields as a mapping) of the model's connector.
-        gate: the connector's batch gate (default True).
         processor: an :class:`OGLlavaProcessor`; it then supplies the image token, grid,
-            options, gate, tokenizer and chat template (giving any of them too is an error).
+            options, tokenizer and chat template (giving any of them too is an error).
 
     Samples (mappings): ``pixel_values`` ``(C, H, W)`` (or ``image``, run through the
     processor's image processor) or None; ``masks`` ``(N, H, W)`` bool / ``PackedMasks`` /
@@ -216,7 +215,6 @@ class OGLlavaCollator:
     truncation: str = "error"
     token_counter: TokenCounter | None = None
     og_options: OGTokenOptions | Mapping[str, Any] | None = None
-    gate: bool | None = None
     processor: OGLlavaProcessor | None = None
 
     def __post_init__(self) -> None:
@@ -224,14 +222,13 @@ class OGLlavaCollator:
         if self.processor is not None:
             if not isinstance(self.processor, OGLlavaProcessor):
                 fail("processor", "an OGLlavaProcessor", self.processor, error=TypeError)
-            for name in ("image_token_id", "grid", "tokenizer", "token_counter", "og_options", "gate"):
+            for name in ("image_token_id", "grid", "tokenizer", "token_counter", "og_options"):
                 if getattr(self, name) is not None:
                     fail(name, "None with a processor (it holds the model's OG settings and the tokenizer)", "a value", error=TypeError)
             self.image_token_id = self.processor.image_token_id
             self.grid = self.processor.grid
             self.tokenizer = self.processor.tokenizer
             self.og_options = self.processor.options
-            self.gate = self.processor.gate
         if isinstance(self.image_token_id, bool) or not isinstance(self.image_token_id, int):
             fail("image_token_id", "an int", self.image_token_id, error=TypeError)
         if self.grid is None:
@@ -242,7 +239,6 @@ class OGLlavaCollator:
         if not isinstance(options, OGTokenOptions):
             options = OGTokenOptions.resolve(None, **dict(options or {}))
         self.og_options = options
-        self.gate = True if self.gate is None else self.gate
         self.num_patches = plain_token_count(self.grid, options)
 
     @classmethod
@@ -277,7 +273,6 @@ class OGLlavaCollator:
             max_length,
             truncation,
             og_options=OGTokenOptions.from_dict(settings["og_options"]),
-            gate=settings["gate"],
         )
 
     # ------------------------------------------------------------------------------------------
@@ -338,7 +333,7 @@ class OGLlavaCollator:
         if not masks:
             return []
         if self.token_counter is None:
-            return image_token_counts(masks, len(masks), self.grid, self.og_options, self.gate)
+            return image_token_counts(masks, len(masks), self.grid, self.og_options)
         counts = [int(n) for n in self.token_counter(masks)]
         if len(counts) != len(masks):
             fail("token_counter", f"{len(masks)} counts (one per image)", f"{len(counts)} counts")

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..fusion import OGFusion, any_mask_set
+from ..fusion import OGFusion
 from ..varlen import BOM_ROW, VarlenBatch
 
 
@@ -118,6 +118,18 @@ def use_ogfusion_in_reference_model(model: Any, **ogfusion_options: Any) -> OGFu
     return fusion
 
 
+def _plain_path(tokens: VarlenBatch, batch: int, num_tokens: int) -> bool:
+    """Did every image take the plain path (its ``V`` patch rows, in order)?"""
+    rows = batch * num_tokens
+    source = tokens.source_index
+    return (
+        source is not None
+        and tokens.total_tokens == rows
+        and bool((tokens.lengths == num_tokens).all())
+        and torch.equal(source[:rows], torch.arange(rows, device=source.device))
+    )
+
+
 def _padded_with_ranges(fusion: OGFusion, features: torch.Tensor, masks: Sequence[Any], inner: Any) -> torch.Tensor:
     """The padded block, and ``inner.rotary_emb.group_ranges`` set when OG-Fusion runs (the
     reference sets them only on its OG-Fusion branch, not on the plain path)."""
@@ -127,7 +139,7 @@ def _padded_with_ranges(fusion: OGFusion, features: torch.Tensor, masks: Sequenc
             "got no_masktoken=True"
         )
     tokens = fusion(features, masks)
-    if not fusion.gate or bool(any_mask_set(masks)):
+    if not _plain_path(tokens, features.shape[0], features.shape[1]):
         inner.rotary_emb.group_ranges = reference_group_ranges(tokens)
     zero_row = fusion.mm_projector(tokens.values.new_zeros(1, fusion.vision_dim))
     return tokens.to_padded(zero_row[0])
