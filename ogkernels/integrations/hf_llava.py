@@ -143,10 +143,17 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.model.multi_modal_projector = connector_for(config)
         self.post_init()
 
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, OGFusion):
-            _init_normal(module.mm_bom_mask_token)  # the reference's randn BOM
+    def initialize_weights(self) -> None:
+        """transformers' initialisation, then the BOM when it was not loaded: ``randn``, as the
+        reference creates it (``LlavaModel``'s own initialisation, which covers the connector's
+        linear layers, does not know the BOM)."""
+        super().initialize_weights()
+        for module in self.modules():
+            bom = getattr(module, "mm_bom_mask_token", None) if isinstance(module, OGFusion) else None
+            if bom is not None and not getattr(bom, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    _init_normal(bom)
+                bom._is_hf_initialized = True
 
     def save_pretrained(self, save_directory: Any, *args: Any, save_original_format: bool = False, **kwargs: Any) -> Any:
         """``PreTrainedModel.save_pretrained`` writing the module's own parameter names

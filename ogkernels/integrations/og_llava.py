@@ -54,7 +54,7 @@ def reference_group_ranges(tokens: VarlenBatch) -> list[list[tuple[int, int]]]:
 
     Groups are the global row(s) (when present) and each mask's ``[BOM, rows…]``; ends are
     cumulative lengths, the first start is 0 and every later start is the previous end + 2 —
-    the reference's rule, off-by-one quirks included (reference-og-fusion.md §7). Read from
+    the reference's rule, off-by-one quirks included (``ogkernels/reference/BEHAVIOUR.md`` §7). Read from
     ``tokens.source_index`` (one host read)."""
     if tokens.source_index is None:
         raise ValueError("tokens: expected a VarlenBatch with source_index (OGFusion's output), got none")
