@@ -5,7 +5,8 @@ The oracle of greedy decoding is a manual loop per image, without a cache: the p
 embeddings as the model merges them (captured at the language model's input, from the
 image alone, unpadded), then one forward over the whole sequence per new token, argmax.
 Beam search is compared with ``generate`` on each image alone (no padding, no batch).
-Tokens must match exactly (float32).
+Tokens must match exactly (float32). The tiny config has ``use_cache=False``; the tests pass
+``use_cache`` explicitly (both ways for greedy decoding and for generated image ids).
 """
 
 from __future__ import annotations
@@ -20,15 +21,25 @@ PROMPTS = ["describe <image> now", "<image> hi"]
 STEPS = 6
 
 
-@pytest.fixture(scope="module", params=[None, "sdpa"], ids=["ogkernels_varlen", "sdpa"])
-def setup(request):
-    model = tiny_model(seed=7, attn=request.param)
+def make_setup(attn):
+    model = tiny_model(seed=7, attn=attn)
     processor = processor_for(model)
     processor.tokenizer.padding_side = "left"
     images, masks = images_and_masks(2, seed=5)
     counts = processor.count_image_tokens(masks, 2)
     assert counts[0] != counts[1]
     return model, processor, images, masks
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """The model's default attention for packed rows, ``ogkernels_varlen``."""
+    return make_setup(None)
+
+
+@pytest.fixture(scope="module")
+def setup_sdpa():
+    return make_setup("sdpa")
 
 
 def batch_inputs(processor, images, masks):
@@ -71,9 +82,10 @@ def new_tokens(output, prompt_length: int) -> list[list[int]]:
     return output[:, prompt_length:].tolist()
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_greedy_batch_equals_a_manual_loop_per_image(setup, use_cache):
-    model, processor, images, masks = setup
+@pytest.mark.parametrize("attn, use_cache", [("ogkernels_varlen", True), ("ogkernels_varlen", False), ("sdpa", True)])
+def test_greedy_batch_equals_a_manual_loop_per_image(request, attn, use_cache):
+    model, processor, images, masks = request.getfixturevalue("setup" if attn == "ogkernels_varlen" else "setup_sdpa")
+    assert model.config.text_config._attn_implementation == attn
     inputs = batch_inputs(processor, images, masks)
     assert (inputs["attention_mask"][:, 0] == 0).any()  # left padding is exercised
     out = model.generate(**inputs, max_new_tokens=STEPS, do_sample=False, use_cache=use_cache)
@@ -85,7 +97,7 @@ def test_greedy_without_masks_equals_a_manual_loop(setup):
     model, processor, images, _ = setup
     inputs = batch_inputs(processor, images, None)  # evaluation without mask infusion: the plain path
     assert "masks" not in inputs
-    out = model.generate(**inputs, max_new_tokens=STEPS, do_sample=False)
+    out = model.generate(**inputs, max_new_tokens=STEPS, do_sample=False, use_cache=True)
     for i, row in enumerate(new_tokens(out, inputs["input_ids"].shape[1])):
         assert row == manual_greedy(model, alone_inputs(processor, images, None, i)), i
 
@@ -94,7 +106,7 @@ def test_greedy_without_masks_equals_a_manual_loop(setup):
 def test_beam_search_batch_equals_each_image_alone(setup, beams, sequences):
     model, processor, images, masks = setup
     inputs = batch_inputs(processor, images, masks)
-    settings = dict(max_new_tokens=STEPS, num_beams=beams, num_return_sequences=sequences, do_sample=False)
+    settings = dict(max_new_tokens=STEPS, num_beams=beams, num_return_sequences=sequences, do_sample=False, use_cache=True)
     out = model.generate(**inputs, **settings)
     assert out.shape[0] == 2 * sequences
     rows = new_tokens(out, inputs["input_ids"].shape[1])
@@ -108,13 +120,13 @@ def test_several_sampled_sequences_per_image(setup):
     model, processor, images, masks = setup
     inputs = batch_inputs(processor, images, masks)
     # top_k=1 sampling is greedy: every returned sequence must be each image's greedy answer
-    out = model.generate(**inputs, max_new_tokens=STEPS, do_sample=True, top_k=1, num_return_sequences=3)
+    out = model.generate(**inputs, max_new_tokens=STEPS, do_sample=True, top_k=1, num_return_sequences=3, use_cache=True)
     rows = new_tokens(out, inputs["input_ids"].shape[1])
     for i in range(2):
         greedy = manual_greedy(model, alone_inputs(processor, images, masks, i))
         assert rows[3 * i : 3 * i + 3] == [greedy] * 3, i
     torch.manual_seed(0)
-    sampled = model.generate(**inputs, max_new_tokens=STEPS, do_sample=True, num_return_sequences=2)
+    sampled = model.generate(**inputs, max_new_tokens=STEPS, do_sample=True, num_return_sequences=2, use_cache=True)
     assert sampled.shape == (4, inputs["input_ids"].shape[1] + STEPS)
     assert ((sampled >= 0) & (sampled < model.config.text_config.vocab_size)).all()
 
