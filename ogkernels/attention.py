@@ -324,14 +324,18 @@ def _attention_torch(
     for b in range(batch):
         shape = (offsets_q[b + 1] - offsets_q[b], offsets_k[b + 1] - offsets_k[b])
         by_shape.setdefault(shape, []).append(b)
+    # one split per tensor (its backward is one concatenation, not a zero-filled full-size
+    # gradient per sequence slice)
+    q_parts = torch.split(q, [offsets_q[b + 1] - offsets_q[b] for b in range(batch)])
+    k_parts = torch.split(k, [offsets_k[b + 1] - offsets_k[b] for b in range(batch)])
+    v_parts = torch.split(v, [offsets_k[b + 1] - offsets_k[b] for b in range(batch)])
     pieces: list[torch.Tensor | None] = [None] * batch
     for members in by_shape.values():
-        q_g = torch.stack([q[offsets_q[b] : offsets_q[b + 1]] for b in members]).to(compute)
-        k_g = torch.stack([k[offsets_k[b] : offsets_k[b + 1]] for b in members]).to(compute)
-        v_g = torch.stack([v[offsets_k[b] : offsets_k[b + 1]] for b in members]).to(compute)
-        out = _attend(q_g, k_g, v_g, groups, causal, scale)
-        for j, b in enumerate(members):
-            pieces[b] = out[j]
+        q_g = torch.stack([q_parts[b] for b in members]).to(compute)
+        k_g = torch.stack([k_parts[b] for b in members]).to(compute)
+        v_g = torch.stack([v_parts[b] for b in members]).to(compute)
+        for b, out in zip(members, _attend(q_g, k_g, v_g, groups, causal, scale).unbind(0)):
+            pieces[b] = out
     return torch.cat(pieces, dim=0).to(q.dtype)
 
 
