@@ -11,7 +11,7 @@ PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 # torch 2.14.1 (a CUDA build that also runs on the CPU) pins triton 3.8; torchvision is for SAM 2.
 $PIP install "torch==2.14.1" "torchvision==0.29.1" "triton==3.8.0" "transformers==5.23.0" \
   "numpy>=1.24" "pytest>=8" "pytest-benchmark>=5" "hypothesis>=6.100" "pycocotools>=2.0" \
-  "safetensors>=0.4" "tqdm>=4.60" "pillow>=9" "matplotlib>=3.7" "setuptools>=68" "wheel"
+  "safetensors>=0.4" "accelerate==1.16.0" "peft==0.21.2" "tqdm>=4.60" "pillow>=9" "matplotlib>=3.7" "setuptools>=68" "wheel"
 if ! .venv/bin/python -c "import sam2" 2>/dev/null; then
   SAM2_BUILD_CUDA=0 $PIP install --no-build-isolation "sam2==1.1.0"
 fi
