@@ -24,8 +24,8 @@ setup(
     ],
     extras_require={
         # Triton ships with the CUDA builds of torch; name it for CPU-only torch installs.
-        "triton": ["triton>=3.0"],
-        "hf": ["transformers>=5.0", "accelerate>=1.0", "peft>=0.13"],  # verified: 5.23.0, 1.16.0, 0.21.2
+        "triton": ["triton>=3.6,<3.9"],
+        "hf": ["transformers>=5.17,<6", "accelerate>=1.0", "peft>=0.13"],  # verified: 5.23.0, 1.16.0, 0.21.2
         "masks": ["pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60", "pillow>=9", "filelock>=3.12"],
         # SAM 2 itself: `SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0`
         "sam2": ["sam2>=1.1", "pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60", "pillow>=9", "filelock>=3.12"],

@@ -98,7 +98,7 @@ def _any_set(data: torch.Tensor) -> torch.Tensor | None:
     """0-d bool: a byte of ``data`` is non-zero (None for an empty tensor)."""
     if data.numel() == 0:
         return None
-    return data.reshape(-1).view(torch.uint8).amax() > 0
+    return data.reshape(-1).any()
 
 
 @dataclass

@@ -53,7 +53,7 @@ def check_alpha(value: Any) -> float:
     """``alpha``: a finite real number > 0 (bool rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail("alpha", "a positive real number", value, error=TypeError)
-    if not (value > 0 and math.isfinite(value)):
+    if not (0 < value < math.inf):
         fail("alpha", "a finite number > 0", value)
     return float(value)
 

@@ -128,3 +128,26 @@ class VarlenBatch:
         if values.shape[0] != self.values.shape[0]:
             fail("values", f"{self.values.shape[0]} rows (the batch's buffer)", values)
         return VarlenBatch(values, self.cu_seqlens, self.max_seqlen, self.source_index, validate=False)
+
+
+def _flatten(batch: VarlenBatch) -> tuple[list[torch.Tensor | None], int]:
+    return [batch.values, batch.cu_seqlens, batch.source_index], batch.max_seqlen
+
+
+def _unflatten(children: list[torch.Tensor | None], max_seqlen: int) -> VarlenBatch:
+    values, cu_seqlens, source_index = children
+    return VarlenBatch(values, cu_seqlens, max_seqlen, source_index, validate=False)
+
+
+# A pytree node, so that wrappers that walk module outputs (FSDP2's backward hooks, activation
+# checkpointing, torch.compile) see the tensors inside a VarlenBatch.
+torch.utils._pytree.register_pytree_node(
+    VarlenBatch,
+    _flatten,
+    _unflatten,
+    serialized_type_name="ogkernels.varlen.VarlenBatch",
+    flatten_with_keys_fn=lambda batch: (
+        [(torch.utils._pytree.GetAttrKey(name), getattr(batch, name)) for name in ("values", "cu_seqlens", "source_index")],
+        batch.max_seqlen,
+    ),
+)

@@ -1,6 +1,6 @@
 """Import the reference's mask folders into a mask store.
 
-Reference layout (see ``reference-og-fusion.md`` §1)::
+Reference layout (see ``ogkernels/reference/BEHAVIOUR.md``)::
 
     <root>/partition_<p>/<image_key>/mask_<i>.npy     bool (H, W), often Fortran-ordered
     <root>/metadata_partition_<p>.json                 optional: image_key -> SAM2 records

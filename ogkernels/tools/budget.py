@@ -11,7 +11,7 @@ Three questions, answered without running a model:
 3. **What does padding cost?** :func:`batch_budget` compares a packed (varlen) batch, where
    sequence ``i`` costs exactly ``L_i``, with a right-padded batch where every sample costs
    ``L_max`` (what the reference's zero padding of OG tokens does, see
-   ``reference-og-fusion.md`` §6), and flags samples longer than a context window.
+   ``reference/BEHAVIOUR.md``), and flags samples longer than a context window.
 
 Counts are *visual placeholder tokens*: the rows the vision connector hands to the LLM. The
 few text-side markers some chat templates wrap around them (Qwen's ``<|vision_start|>`` /
