@@ -17,7 +17,7 @@ Public API:
 Importing ogkernels needs neither a GPU, nor Triton, nor flash-attn.
 """
 
-from . import budget, masks, reference
+from . import masks
 from .bitmaps import MaskBitmaps
 from .downsample import downsample_masks
 from .fusion import OGFusion, PaddedTokens
@@ -50,9 +50,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # attention pulls in nothing heavy, but keep the import lazy like the other optional parts
+    # Loaded on first use: the fast path never imports the reference or the tooling.
     if name == "varlen_attention":
         from .attention import varlen_attention
 
         return varlen_attention
+    if name in ("budget", "reference"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'ogkernels' has no attribute {name!r}")
