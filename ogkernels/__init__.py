@@ -10,6 +10,7 @@ Public API:
     MaskBitmaps        one image's masks already downsampled (Phi bitmaps + what they came from)
     varlen_attention   flash-attn's varlen contract, with an exact PyTorch fallback
     pack_multimodal    text + image tokens of a batch in one padding-free packed sequence
+    TokenBudgetSampler batches of whole samples under a token budget (DataLoader batch_sampler)
     budget             token counts and LLM costs (visual_token_count, og_token_counts, …)
     masks              the SAM2 mask store (MaskStore, MaskStoreWriter) and its importer
     reference          the faithful, slow reference implementation (the tests' oracle)
@@ -24,7 +25,7 @@ from .fusion import OGFusion, PaddedTokens
 from .masks import MaskStore, MaskStoreWriter
 from .options import OGTokenOptions
 from .packed_masks import PackedMasks
-from .packing import PackedBatch, pack_multimodal
+from .packing import PackedBatch, TokenBudgetSampler, pack_multimodal
 from .tokens import og_tokens
 from .varlen import VarlenBatch
 
@@ -37,6 +38,7 @@ __all__ = [
     "PackedBatch",
     "PackedMasks",
     "PaddedTokens",
+    "TokenBudgetSampler",
     "VarlenBatch",
     "budget",
     "downsample_masks",

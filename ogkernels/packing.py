@@ -14,6 +14,9 @@ Two steps, one job each:
   ``[text embeddings (N_text, D), image tokens (T, D)]`` (one Triton kernel on CUDA).
 :func:`pack_multimodal` does both.
 
+Batches under a token budget: :class:`TokenBudgetSampler` (:mod:`ogkernels.token_budget`),
+re-exported here.
+
 Truncation policy (``max_length`` per sample, like the reference's ``model_max_length``):
 - ``truncation="error"`` (default): a sample longer than ``max_length`` raises ``ValueError``
   naming the sample and its length.
@@ -32,6 +35,7 @@ import torch
 
 from .ops.host import upload
 from ._validation import check_choice, check_tensor, describe, fail
+from .token_budget import TokenBudgetSampler
 from .varlen import VarlenBatch
 
 IGNORE_INDEX = -100
