@@ -328,6 +328,27 @@ class OGLlavaCollator:
         labels = torch.where(ids == self.image_token_id, IGNORE_INDEX, labels)
         return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values, "masks": sample.get("masks")}
 
+    def sample_length(self, sample: Mapping[str, Any], index: int = 0) -> int:
+        """The packed length of one sample (text tokens after its image's expansion): what
+        :class:`~ogkernels.token_budget.TokenBudgetSampler` needs per sample.
+
+        Packed as ``__call__`` packs it (``max_length`` and ``truncation`` applied, their errors
+        raised). Equal to its span in any batch, except where the connector's batch rules
+        shrink an image's rows (the batch gate, ``maskless="reference"``, ``max_batch_tokens``):
+        an image alone never has fewer rows than inside a batch, so this is then an upper bound
+        and a token budget still holds.
+        """
+        encoded = self.encode(sample, index=index)
+        image = [self.count_tokens([encoded["masks"]])[0]] if encoded["pixel_values"] is not None else [0]
+        layout = plan_packing(
+            [encoded["input_ids"]],
+            image,
+            image_token_id=self.image_token_id,
+            max_length=self.max_length,
+            truncation=self.truncation,
+        )
+        return layout.total_length
+
     def count_tokens(self, masks: list[Any]) -> list[int]:
         """Each image's token count, as the model's connector emits them."""
         if not masks:
