@@ -22,6 +22,9 @@ Algorithm (per epoch, pure numpy / Python, ``O(n log w)``):
        carried into the next window (its samples join that window's packing), so only the
        last window leaves a partial batch;
     4. shuffle the order of the batches (same generator).
+Inside one window the batches' make-up follows from the lengths (best-fit sorts them); the
+shuffle decides which samples share a window and the order of the batches — a dataset smaller
+than a window gets the same groups, in another order, every epoch.
 
 Fill (sum of lengths / (batches × max_tokens)): 99.9 % on text 40–400 + OG 60–2200 tokens
 with ``max_tokens=16384`` (20,000 samples, default window; ``tests/test_token_budget_sampler.py``

@@ -192,3 +192,16 @@ def test_bad_arguments_are_named(kwargs, error, match):
 def test_bad_epoch_is_named():
     with pytest.raises(ValueError, match="epoch: expected an int >= 0"):
         TokenBudgetSampler([1, 2], 4).set_epoch(-1)
+
+
+def test_readme_token_budget_snippet_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    body = re.search(r"^### Token-budget packing\n(.*?)(?=^##)", text, re.MULTILINE | re.DOTALL).group(1)
+    blocks = re.findall(r"^```python\n(.*?)^```\s*$", body, re.MULTILINE | re.DOTALL)  # not the ```python gpu one
+    assert len(blocks) == 1
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(blocks[0], "README.md [Token-budget packing]", "exec"), namespace)
+    assert torch.isfinite(namespace["per_sample"])

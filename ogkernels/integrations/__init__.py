@@ -6,6 +6,8 @@
 - :mod:`ogkernels.integrations.hf_processor`: ``OGLlavaProcessor`` (image processor +
   tokenizer + the OG options: image tokens expanded to each image's OG token count).
 - :mod:`ogkernels.integrations.llava_collator`: samples (image, masks, text) → packed batches.
+- :mod:`ogkernels.integrations.hf_trainer`: ``OGLlavaTrainer`` (``Trainer`` with token-budget
+  batches from ``TokenBudgetSampler``).
 - :mod:`ogkernels.integrations.hf_attention`: ``varlen_attention`` as a transformers
   attention implementation (``"ogkernels_varlen"``).
 - :mod:`ogkernels.integrations.og_llava`: OG-Fusion inside the reference OG-LLaVA code base.
