@@ -38,7 +38,7 @@ class Spy:
         return batch
 
 
-def test_trainer_batches_respect_the_budget_and_cover_each_epoch(tmp_path):
+def test_trainer_batches_respect_the_budget_cover_each_epoch_and_resume(tmp_path):
     model = tiny_model(seed=0).train()
     collate = OGLlavaCollator.from_model(model, processor_for(model))
     samples = [collate.encode(s) for s in raw_samples(len(ANSWERS))]
@@ -46,26 +46,34 @@ def test_trainer_batches_respect_the_budget_and_cover_each_epoch(tmp_path):
     budget = 2 * max(lengths) + 10
     identity = {tuple(s["input_ids"].tolist()): i for i, s in enumerate(samples)}
     assert len(identity) == len(samples)
+    per_epoch = len(TokenBudgetSampler(lengths, budget, seed=42))  # Trainer's default seed
+
+    def trainer_for(model, spy):
+        args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, learning_rate=1e-3, save_strategy="steps",
+                                 save_steps=per_epoch + 1, report_to=[], logging_strategy="no", use_cpu=True)
+        return OGLlavaTrainer(model=model, args=args, train_dataset=samples, data_collator=spy, token_budget=budget)
+
     spy = Spy(collate)
-    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=2, learning_rate=1e-3, save_strategy="no",
-                             report_to=[], logging_strategy="no", per_device_train_batch_size=1, use_cpu=True)
-    trainer = OGLlavaTrainer(model=model, args=args, train_dataset=samples, data_collator=spy, token_budget=budget)
+    trainer = trainer_for(model, spy)
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
 
     sampler = trainer.token_budget_sampler
     assert sampler.lengths.tolist() == lengths  # measured by the collator's sample_length
-    per_epoch = len(sampler)
+    assert len(sampler) == per_epoch < len(samples)  # batches of several samples
     assert sampler.batches(0) != sampler.batches(1)  # so the check below sees Trainer's set_epoch
-    assert len(spy.batches) == 2 * per_epoch and per_epoch < len(samples)  # batches of several samples
+    assert len(spy.batches) == 2 * per_epoch
     for epoch in range(2):
-        seen = []
-        for members, row in spy.batches[epoch * per_epoch : (epoch + 1) * per_epoch]:
-            indices = [identity[m] for m in members]
-            assert row == sum(lengths[i] for i in indices) <= budget
-            seen += indices
-        assert sorted(seen) == list(range(len(samples)))
-        assert [[identity[m] for m in members] for members, _ in spy.batches[epoch * per_epoch : (epoch + 1) * per_epoch]] == sampler.batches(epoch)
+        batches = spy.batches[epoch * per_epoch : (epoch + 1) * per_epoch]
+        for members, row in batches:
+            assert row == sum(lengths[identity[m]] for m in members) <= budget
+        assert sorted(identity[m] for members, _ in batches for m in members) == list(range(len(samples)))
+        assert [[identity[m] for m in members] for members, _ in batches] == sampler.batches(epoch)
+
+    # resumed in the middle of epoch 1: the rest of that epoch's plan, nothing else
+    resumed = Spy(collate)
+    trainer_for(tiny_model(seed=1).train(), resumed).train(resume_from_checkpoint=str(tmp_path / f"checkpoint-{per_epoch + 1}"))
+    assert resumed.batches and resumed.batches == spy.batches[per_epoch + 1 :]
 
 
 def test_epoch_length_batches_give_every_epoch_the_longest_count():

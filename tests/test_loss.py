@@ -139,6 +139,10 @@ def test_token_normalization_is_the_models_own_loss_on_a_collated_batch():
         out = model(**batch)
     ours = packed_causal_lm_loss(out.logits, batch["labels"], batch["cu_seq_lens_q"])
     assert torch.equal(ours, out.loss)
+    with torch.no_grad():  # Trainer's gradient-accumulation convention, through the model's loss kwargs
+        accumulated = model(**batch, num_items_in_batch=torch.tensor(40)).loss
+    ours = packed_causal_lm_loss(out.logits, batch["labels"], batch["cu_seq_lens_q"], num_items_in_batch=torch.tensor(40))
+    assert torch.equal(ours, accumulated)
     per_sample = packed_causal_lm_loss(out.logits, batch["labels"], batch["cu_seq_lens_q"], normalization="sample")
     assert torch.isfinite(per_sample) and not torch.equal(per_sample, ours)  # answers of different lengths
 
