@@ -141,7 +141,7 @@ class TokenBudgetSampler:
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """This rank's batches of ``epoch`` (default: the current one), as lists of indices."""
-        plan = self.plan(epoch)
+        plan = self._cached_plan(epoch)
         replicas = self.num_replicas
         if replicas > 1 and len(plan) % replicas:
             if self.drop_last:
@@ -152,7 +152,11 @@ class TokenBudgetSampler:
         return [list(b) for b in plan[self.rank :: replicas]]
 
     def plan(self, epoch: int | None = None) -> list[list[int]]:
-        """All ranks' batches of ``epoch`` before padding or dropping: every kept sample once."""
+        """All ranks' batches of ``epoch`` (default: the current one) before padding or
+        dropping: every kept sample once."""
+        return [list(b) for b in self._cached_plan(epoch)]
+
+    def _cached_plan(self, epoch: int | None) -> list[list[int]]:
         epoch = self.epoch if epoch is None else _check_int("epoch", epoch, minimum=0)
         if self._plan is None or self._plan[0] != epoch:
             self._plan = (epoch, self._make_plan(epoch))
