@@ -312,20 +312,9 @@ class OGLlavaCollator:
         if not isinstance(sample, Mapping):
             fail(name, "a mapping", sample, error=TypeError)
         pixel_values = sample.get("pixel_values")
-        if pixel_values is None and sample.get("image") is not None:
-            if self.processor is None:
-                fail(f"{name}['image']", "pixel_values, or a collator with a processor (to process the image)", "an image")
+        if pixel_values is None and self._has_image(name, sample):
             pixel_values = self.processor.image_processor(images=sample["image"], return_tensors="pt")["pixel_values"][0]
-        ids, labels = self._text(name, sample, has_image=pixel_values is not None)
-        ids = torch.where(ids == REFERENCE_IMAGE_TOKEN_ID, self.image_token_id, ids)
-        placeholders = int((ids == self.image_token_id).sum())
-        if placeholders != int(pixel_values is not None):
-            fail(
-                name,
-                f"one image placeholder ({self.image_token_id}, unexpanded) exactly when an image is given",
-                f"{placeholders} placeholders, pixel_values={'given' if pixel_values is not None else None}",
-            )
-        labels = torch.where(ids == self.image_token_id, IGNORE_INDEX, labels)
+        ids, labels = self._ids_and_labels(name, sample, has_image=pixel_values is not None)
         return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values, "masks": sample.get("masks")}
 
     def sample_length(self, sample: Mapping[str, Any], index: int = 0) -> int:
@@ -338,11 +327,14 @@ class OGLlavaCollator:
         an image alone never has fewer rows than inside a batch, so this is then an upper bound
         and a token budget still holds.
         """
-        encoded = self.encode(sample, index=index)
-        image = [self.count_tokens([encoded["masks"]])[0]] if encoded["pixel_values"] is not None else [0]
+        name = f"samples[{index}]"
+        if not isinstance(sample, Mapping):
+            fail(name, "a mapping", sample, error=TypeError)
+        has_image = self._has_image(name, sample)  # no image processing: only the counts matter
+        ids, _ = self._ids_and_labels(name, sample, has_image=has_image)
         layout = plan_packing(
-            [encoded["input_ids"]],
-            image,
+            [ids],
+            [self.count_tokens([sample.get("masks")])[0] if has_image else 0],
             image_token_id=self.image_token_id,
             max_length=self.max_length,
             truncation=self.truncation,
@@ -359,6 +351,30 @@ class OGLlavaCollator:
         if len(counts) != len(masks):
             fail("token_counter", f"{len(masks)} counts (one per image)", f"{len(counts)} counts")
         return counts
+
+    def _has_image(self, name: str, sample: Mapping[str, Any]) -> bool:
+        """Whether ``sample`` has an image (``pixel_values``, or an ``image`` for the processor)."""
+        if sample.get("pixel_values") is not None:
+            return True
+        if sample.get("image") is None:
+            return False
+        if self.processor is None:
+            fail(f"{name}['image']", "pixel_values, or a collator with a processor (to process the image)", "an image")
+        return True
+
+    def _ids_and_labels(self, name: str, sample: Mapping[str, Any], *, has_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sample's text with one unexpanded ``image_token_id`` iff ``has_image``; labels
+        IGNORE on it."""
+        ids, labels = self._text(name, sample, has_image=has_image)
+        ids = torch.where(ids == REFERENCE_IMAGE_TOKEN_ID, self.image_token_id, ids)
+        placeholders = int((ids == self.image_token_id).sum())
+        if placeholders != int(has_image):
+            fail(
+                name,
+                f"one image placeholder ({self.image_token_id}, unexpanded) exactly when an image is given",
+                f"{placeholders} placeholders, pixel_values={'given' if has_image else None}",
+            )
+        return ids, torch.where(ids == self.image_token_id, IGNORE_INDEX, labels)
 
     def _text(self, name: str, sample: Mapping[str, Any], *, has_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if "input_ids" in sample:
