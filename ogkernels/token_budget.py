@@ -7,11 +7,16 @@ sampler groups samples so that every batch's row holds at most ``max_tokens`` ro
 bounded, and ``max_tokens`` is a static bound for the connector and the packer.
 
 Getting the lengths (one int per sample, before training):
-    - ``OGLlavaCollator.sample_length(sample)``: one sample exactly as the collator packs it;
+    - ``OGLlavaCollator.sample_length(sample)``: one sample as the collator packs it (an upper
+      bound of its span in any batch);
     - or, for a whole dataset, ``text_tokens + og_token_counts(masks, grid, **options)``
-      (:func:`ogkernels.budget.og_token_counts`, or the cached table of
-      :mod:`ogkernels.masks.counts` for a mask store); a sample without an image counts its
-      text tokens only.
+      (:func:`ogkernels.budget.og_token_counts`), or from a mask store
+      ``text_tokens + table.as_dict()[image_key]`` with
+      ``table = ogkernels.masks.counts.token_count_table(store, grid, options)`` (cached in
+      the store). ``text_tokens`` counts the image placeholder out; a sample without an image
+      counts its text only. The table counts with the batch gate off: a batch whose images
+      have no set mask pixel at all takes the plain path (``V`` rows each), so with such data
+      prefer ``sample_length``.
 
 Algorithm (per epoch, pure numpy / Python, ``O(n log w)``):
     1. shuffle the sample order with a generator seeded by ``(seed, epoch)`` (no shuffle:
