@@ -120,3 +120,31 @@ def test_sample_length_is_the_span_in_a_collated_batch():
     alone = [collate.sample_length(s) for s in mixed]
     in_batch = spans(collate, mixed)
     assert in_batch[:2] == alone[:2] and all(b <= a for a, b in zip(alone, in_batch)) and in_batch[2:] != alone[2:]
+
+
+def test_sample_loss_normalization_packed_and_padded(tmp_path):
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from ogkernels.loss import packed_causal_lm_loss
+
+    model = tiny_model(seed=0)
+    processor = processor_for(model)
+    collate = OGLlavaCollator.from_model(model, processor)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = OGLlavaTrainer(model=model, args=args, data_collator=collate, loss_normalization="sample")
+    assert trainer.loss_is_scaled_for_ga is False  # Trainer averages the micro-batches
+
+    batch = collate(raw_samples(3, seed=5))
+    with torch.no_grad():
+        packed = trainer.compute_loss(model, batch)
+        logits = model(**batch).logits
+    assert torch.equal(packed, packed_causal_lm_loss(logits, batch["labels"], batch["cu_seq_lens_q"], normalization="sample"))
+
+    images, masks = images_and_masks(2, seed=6)
+    inputs = processor(text=["<image> a cat", "<image> b"], images=images, masks=masks, return_tensors="pt", padding=True)
+    labels = torch.where(inputs["attention_mask"].bool() & (inputs["input_ids"] != model.config.image_token_id), inputs["input_ids"], -100)
+    with torch.no_grad():
+        padded = trainer.compute_loss(model, {**inputs, "labels": labels})
+        logits = model(**inputs).logits
+    by_row = torch.stack([ForCausalLMLoss(logits[b : b + 1], labels[b : b + 1], logits.shape[-1]) for b in range(2)]).mean()
+    torch.testing.assert_close(padded, by_row, rtol=1e-6, atol=1e-7)

@@ -17,6 +17,11 @@ sampler is rank-aware, so the ``BatchSamplerShard`` that ``accelerate`` wraps ar
 sampler is made a pass-through (as ``Trainer`` does for its own ``BatchRebalanceSampler``);
 ``Trainer`` calls ``set_epoch`` on the sampler each epoch.
 
+``loss_normalization="sample"`` trains on the mean over samples of each sample's token mean
+(:func:`ogkernels.loss.packed_causal_lm_loss`) instead of the model's per-token loss; with
+gradient accumulation ``Trainer`` then averages the micro-batches' losses
+(``loss_is_scaled_for_ga = False``), so each micro-batch weighs the same.
+
 ``Trainer`` reads the number of batches per epoch once, before training; a token-budget plan's
 count can differ by a batch or two between epochs (large datasets, several windows), so every
 epoch is given the largest count of the epochs the run will go through, shorter epochs
@@ -33,7 +38,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer
 from transformers.trainer_utils import seed_worker
 
-from .._validation import fail
+import torch
+
+from .._validation import check_choice, fail
+from ..loss import NORMALIZATIONS, packed_causal_lm_loss
 from ..token_budget import OVERSIZE, TokenBudgetSampler
 
 
@@ -75,6 +83,8 @@ class OGLlavaTrainer(Trainer):
         length_column: None, or where each sample holds its length.
         oversize: ``"error"`` or ``"drop"``: a sample longer than ``token_budget``
             (:class:`TokenBudgetSampler`).
+        loss_normalization: ``"token"`` (the model's own loss, transformers' convention) or
+            ``"sample"`` (module docstring).
     """
 
     def __init__(
@@ -84,8 +94,10 @@ class OGLlavaTrainer(Trainer):
         lengths: Sequence[int] | Any = None,
         length_column: str | None = None,
         oversize: str = "error",
+        loss_normalization: str = "token",
         **kwargs: Any,
     ) -> None:
+        check_choice("loss_normalization", loss_normalization, NORMALIZATIONS)
         if token_budget is not None and (isinstance(token_budget, bool) or not isinstance(token_budget, int) or token_budget < 1):
             fail("token_budget", "None or an int >= 1", token_budget)
         if lengths is not None and length_column is not None:
@@ -100,6 +112,26 @@ class OGLlavaTrainer(Trainer):
         self.length_column = length_column
         self.oversize = oversize
         self.token_budget_sampler: TokenBudgetSampler | None = None
+        self.loss_normalization = loss_normalization
+        if loss_normalization == "sample":
+            self.loss_is_scaled_for_ga = False  # a per-micro-batch mean: Trainer divides by the steps
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        if self.loss_normalization == "token" or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        cu_seqlens = inputs.get("cu_seq_lens_q")
+        if cu_seqlens is None:  # a padded (B, T) batch: each row is a sample
+            rows, length = labels.shape
+            cu_seqlens = torch.arange(rows + 1, device=labels.device, dtype=torch.int32) * length
+            logits, labels = logits.reshape(1, rows * length, -1), labels.reshape(1, -1)
+        loss = packed_causal_lm_loss(logits, labels, cu_seqlens, normalization="sample")
+        return (loss, outputs) if return_outputs else loss
 
     def get_train_dataloader(self) -> DataLoader:
         if self.token_budget is None:
