@@ -14,7 +14,7 @@ Two steps, one job each:
   ``[text embeddings (N_text, D), image tokens (T, D)]`` (one Triton kernel on CUDA).
 :func:`pack_multimodal` does both.
 
-Batches under a token budget: :class:`TokenBudgetSampler` (:mod:`ogkernels.token_budget`),
+Batches under a token budget: :class:`TokenBudgetSampler` (:mod:`ogkernels.batch_sampler`),
 re-exported here.
 
 Truncation policy (``max_length`` per sample, like the reference's ``model_max_length``):
@@ -35,7 +35,7 @@ import torch
 
 from .ops.host import upload
 from ._validation import check_choice, check_tensor, describe, fail
-from .token_budget import TokenBudgetSampler
+from .batch_sampler import TokenBudgetSampler
 from .varlen import VarlenBatch
 
 IGNORE_INDEX = -100

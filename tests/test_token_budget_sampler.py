@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ogkernels.packing import TokenBudgetSampler
-from ogkernels.token_budget import best_fit_decreasing
+from ogkernels.batch_sampler import best_fit_decreasing
 
 lengths_st = st.lists(st.integers(1, 60), min_size=1, max_size=120)
 

@@ -1,7 +1,7 @@
 """``OGLlavaTrainer``: ``transformers.Trainer`` whose training batches hold at most a token budget.
 
 ``OGLlavaTrainer(model=…, args=…, train_dataset=…, data_collator=OGLlavaCollator…,
-token_budget=16384)`` trains on batches from :class:`~ogkernels.token_budget.TokenBudgetSampler`
+token_budget=16384)`` trains on batches from :class:`~ogkernels.batch_sampler.TokenBudgetSampler`
 (``per_device_train_batch_size`` is then unused): each packed row holds at most
 ``token_budget`` tokens, every sample once per epoch, equal batch counts on every rank. Without
 ``token_budget`` it is ``Trainer`` unchanged.
@@ -42,7 +42,7 @@ import torch
 
 from .._validation import check_choice, fail
 from ..loss import NORMALIZATIONS, packed_causal_lm_loss
-from ..token_budget import OVERSIZE, TokenBudgetSampler
+from ..batch_sampler import OVERSIZE, TokenBudgetSampler
 
 
 class EpochLengthBatches:

@@ -319,7 +319,7 @@ class OGLlavaCollator:
 
     def sample_length(self, sample: Mapping[str, Any], index: int = 0) -> int:
         """The packed length of one sample (text tokens after its image's expansion): what
-        :class:`~ogkernels.token_budget.TokenBudgetSampler` needs per sample.
+        :class:`~ogkernels.batch_sampler.TokenBudgetSampler` needs per sample.
 
         Packed as ``__call__`` packs it (``max_length`` and ``truncation`` applied, their errors
         raised). Equal to its span in any batch, except where the connector's batch rules
