@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ._validation import check_choice, check_positive_int, fail
+from ._validation import check_bool, check_choice, check_positive_int, fail
 from .ops.frames import FRAMES
 from .ops.token_budget import PRIORITIES, TokenBudget
 from .ops.token_plan import GLOBAL_VIEWS, MASKLESS, Layout
@@ -49,19 +49,13 @@ def parse_grid(grid: Any, mode: str, argument: str = "grid") -> tuple[int, int]:
     fail(argument, "an int V >= 1 or a pair of ints (gh, gw)", grid, error=TypeError)
 
 
-def check_alpha(value: Any) -> float:
+def check_alpha(value: Any, argument: str = "alpha") -> float:
     """``alpha``: a finite real number > 0 (bool rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail("alpha", "a positive real number", value, error=TypeError)
+        fail(argument, "a positive real number", value, error=TypeError)
     if not (value > 0 and math.isfinite(value)):
-        fail("alpha", "a finite number > 0", value)
+        fail(argument, "a finite number > 0", value)
     return float(value)
-
-
-def check_bool(argument: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        fail(argument, "a bool", value, error=TypeError)
-    return value
 
 
 def check_cap(argument: str, value: Any) -> int | None:
