@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ogkernels import PackedMasks, downsample_masks
@@ -181,3 +181,37 @@ def test_the_op_passes_opcheck(device):
     masks = torch.rand(2, 6, 7, generator=torch.Generator().manual_seed(0)) < 0.5
     args = ([masks.to(device)], [6], [7], [False], 1, 9, 0.5, "flat", "none")
     torch.library.opcheck(torch.ops.ogkernels.phi.default, args)
+
+
+def _decimal(value: Fraction) -> bool:
+    """``value`` is what a float prints as (a terminating decimal that round-trips)."""
+    return Fraction(repr(float(value))) == value
+
+
+def test_random_alpha_exactly_on_a_bins_boundary_is_kept(backend, device):
+    # alpha = S_j·N / (L_j·V) for a bin j of the drawn mask: alpha·L·V/N is then an integer
+    # (the bin's count), the rule's boundary; the bin must be kept (>=), and the whole row
+    # must follow the exact rule (other bins with the same area sit on it too)
+    @settings(max_examples=examples(backend, 120, 8))
+    @given(
+        masks=mask_stacks(max_masks=3, max_side=20),
+        v=st.sampled_from([2, 4, 5, 8, 10, 16, 20, 25, 40, 50, 100]),
+        data=st.data(),
+    )
+    def check(masks, v, data):
+        n_pixels = masks.shape[1] * masks.shape[2]
+        flat = masks.reshape(masks.shape[0], n_pixels).to(torch.int64)
+        candidates = []
+        for j in range(v):
+            s, e = R.adaptive_bin(j, n_pixels, v)
+            for i, count in enumerate(flat[:, s:e].sum(1).tolist()):
+                alpha = Fraction(count * n_pixels, (e - s) * v)
+                if count and _decimal(alpha):
+                    candidates.append((i, j, alpha))
+        assume(candidates)
+        i, j, alpha = data.draw(st.sampled_from(candidates))
+        got = downsample_masks(masks.to(device), v, alpha=float(alpha)).cpu()
+        assert got[i, j], (i, j, alpha)
+        assert torch.equal(got, exact_flat(masks, v, alpha))
+
+    check()
