@@ -10,6 +10,7 @@ cases that could hang (special files) live in ``tests/test_bad_input_files.py``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -546,6 +547,89 @@ BUDGET = [
 LLAMA = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
          "intermediate_size": 14336, "vocab_size": 128256}  # fmt: skip
 
+# --------------------------------------------------------------------------- Hugging Face entry points
+
+
+@functools.lru_cache(maxsize=1)
+def processor():
+    from .hf_tiny import IMAGE_TOKEN_ID, PATCHES, char_tokenizer, image_processor  # noqa: F401
+    from ogkernels.integrations.hf_processor import OGLlavaProcessor
+
+    return OGLlavaProcessor(image_processor(), char_tokenizer(), grid=PATCHES)
+
+
+def process(**kwargs):
+    image = np.zeros((40, 30, 3), dtype=np.uint8)
+    args = dict(images=[image], text=["<image> hi"], masks=None, return_tensors="pt")
+    args.update(kwargs)
+    return processor()(**args)
+
+
+def collator(**fields):
+    from ogkernels.integrations.llava_collator import OGLlavaCollator
+
+    args = dict(image_token_id=127, grid=16)
+    args.update(fields)
+    return OGLlavaCollator(**args)
+
+
+def collate(*samples):
+    return collator()(list(samples))
+
+
+def processor_with(**kwargs):
+    from .hf_tiny import char_tokenizer, image_processor
+    from ogkernels.integrations.hf_processor import OGLlavaProcessor
+
+    return OGLlavaProcessor(image_processor(), char_tokenizer(), **kwargs)
+
+
+def apply(model, **kwargs):
+    from ogkernels.integrations.hf_llava import apply_ogfusion_to_llava
+
+    return apply_ogfusion_to_llava(model, **kwargs)
+
+
+def og_config(**kwargs):
+    from ogkernels.integrations.hf_llava import OGLlavaConfig
+
+    return OGLlavaConfig(**kwargs)
+
+
+PIXELS = torch.zeros(3, 56, 56)
+
+INTEGRATIONS = [
+    Case("processor masks of another count", lambda: process(masks=[masks(), masks()]), ValueError, named("masks") + ".*1 entries"),
+    Case("processor masks without images", lambda: process(images=None, text=["hi"], masks=[masks()]), ValueError, named("masks")),
+    Case("processor numpy mask entry", lambda: process(masks=[NUMPY_MASKS]), TypeError, named("masks[0]") + ".*torch.from_numpy"),
+    Case("processor soft mask entry", lambda: process(masks=[torch.full((1, 4, 4), 0.5)]), ValueError, named("masks[0]")),
+    Case("processor og_options bad alpha", lambda: processor_with(og_options={"alpha": 0}), ValueError, named("alpha")),
+    Case("processor og_options unknown", lambda: processor_with(og_options={"beta": 1}), TypeError, named("beta")),
+    Case("processor og_options a list", lambda: processor_with(og_options=[1]), TypeError, named("values")),
+    Case("processor grid not square for patch", lambda: processor_with(og_options={"mode": "patch"}, grid=15), ValueError, named("grid")),
+    Case("processor grid float", lambda: processor_with(grid=16.0), TypeError, named("grid")),
+    Case("collator image_token_id str", lambda: collator(image_token_id="<image>"), TypeError, named("image_token_id")),
+    Case("collator grid missing", lambda: collator(grid=None), TypeError, named("grid")),
+    Case("collator grid 0", lambda: collator(grid=0), ValueError, named("grid")),
+    Case("collator truncation unknown", lambda: collator(truncation="left"), ValueError, named("truncation")),
+    Case("collator og_options unknown", lambda: collator(og_options={"beta": 1}), TypeError, named("beta")),
+    Case("collator processor of another type", lambda: collator(image_token_id=None, grid=None, processor=object()), TypeError, named("processor")),
+    Case("collator no samples", lambda: collate(), TypeError, named("samples")),
+    Case("collator sample a list", lambda: collate([1, 2, 3]), TypeError, named("samples[0]")),
+    Case("collator sample without text", lambda: collate({"pixel_values": PIXELS}), ValueError, named("samples[0]")),
+    Case("collator float input_ids", lambda: collate({"input_ids": [1.5, 127.0]}), TypeError, named("samples[0]['input_ids']")),
+    Case("collator str input_ids", lambda: collate({"input_ids": "hello"}), TypeError, named("samples[0]['input_ids']")),
+    Case("collator 2-D input_ids", lambda: collate({"input_ids": [[1, 127]], "pixel_values": PIXELS}), ValueError, named("samples[0]['input_ids']")),
+    Case("collator labels of another length", lambda: collate({"input_ids": [1, 2], "labels": [1]}), ValueError, named("samples[0]['labels']")),
+    Case("collator image without placeholder", lambda: collate({"input_ids": [1, 2], "pixel_values": PIXELS}), ValueError, named("samples[0]") + ".*placeholder"),
+    Case("collator placeholder without image", lambda: collate({"input_ids": [1, 127]}), ValueError, named("samples[0]") + ".*placeholder"),
+    Case("collator numpy masks", lambda: collate({"input_ids": [1, 127], "pixel_values": PIXELS, "masks": NUMPY_MASKS}), TypeError, named("masks[0]") + ".*torch.from_numpy"),
+    Case("collator max_length exceeded", lambda: collator(max_length=3)([{"input_ids": [1, 127], "pixel_values": PIXELS}]), ValueError, "max_length=3"),
+    Case("apply to a Linear", lambda: apply(torch.nn.Linear(2, 2)), TypeError, named("model")),
+    Case("config projection unknown", lambda: og_config(og_projection="sideways"), ValueError, named("og_projection")),
+    Case("config og_options bad", lambda: og_config(og_options={"max_masks": 0}), ValueError, named("max_masks")),
+]
+
 OTHER_CASES = (
     table("OGTokenOptions", OPTIONS)
     + table("MaskBitmaps", MASK_BITMAPS)
@@ -556,6 +640,7 @@ OTHER_CASES = (
     + table("hf varlen attention", HF_ATTENTION)
     + table("packing", PACKING)
     + table("budget", BUDGET)
+    + table("integrations", INTEGRATIONS)
 )
 
 
