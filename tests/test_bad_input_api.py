@@ -507,6 +507,9 @@ PACKING = [
     Case("image_tokens of another width", lambda: pack(image_tokens=VarlenBatch(torch.zeros(3, 5), torch.tensor([0, 3], dtype=torch.int32), 3)), ValueError, named("image_tokens")),
     Case("image_tokens of another count", lambda: pack(image_tokens=VarlenBatch(torch.zeros(3, 4), torch.tensor([0, 1, 3], dtype=torch.int32), 2)), ValueError, "^image_tokens \\(sequence 1\\):"),
     Case("image_tokens None with a placeholder", lambda: pack(image_tokens=None), ValueError, named("image_tokens")),
+    Case("more rows than int32 offsets hold", lambda: plan(image_lengths=[2**31, 0]), ValueError, named("image_lengths") + ".*2147483647"),
+    Case("image_lengths int64 overflow in a tensor", lambda: plan(image_lengths=torch.tensor([2**40, 0])), ValueError, named("image_lengths")),
+    Case("input_ids on meta", lambda: plan(input_ids=[torch.tensor([1, -200], device=META), torch.tensor([4, 5], device=META)]), ValueError, named("input_ids[0]") + ".*meta"),
     Case("pack input_ids None", lambda: pack(input_ids=None), TypeError, named("input_ids")),
     Case("embed_packed image rows short", lambda: embed_packed(plan(), torch.zeros(2, 4), lambda t: torch.zeros(t.numel(), 4)), ValueError, named("image_tokens")),
 ]
