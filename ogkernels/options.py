@@ -26,7 +26,15 @@ INT32_MAX = 2**31 - 1
 
 
 def parse_grid(grid: Any, mode: str, argument: str = "grid") -> tuple[int, int]:
-    """``V`` or ``(gh, gw)`` → ``(gh, gw)``; a bare ``V`` in patch mode must be a square."""
+    """``V`` or ``(gh, gw)`` → ``(gh, gw)``; a bare ``V`` in patch mode must be a square;
+    ``V = gh·gw`` at most ``2**31 - 1`` (int32 token indices: checked before any allocation)."""
+    shape = _parse_grid(grid, mode, argument)
+    if shape[0] * shape[1] > INT32_MAX:
+        fail(argument, f"at most {INT32_MAX} tokens (gh·gw; int32 token indices)", grid)
+    return shape
+
+
+def _parse_grid(grid: Any, mode: str, argument: str) -> tuple[int, int]:
     if isinstance(grid, bool):
         fail(argument, "an int V >= 1 or a pair (gh, gw)", grid, error=TypeError)
     if isinstance(grid, int):

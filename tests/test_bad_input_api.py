@@ -195,6 +195,8 @@ DOWNSAMPLE = [
     Case("masks on two devices", lambda: downsample_masks([masks(), masks().to(META)], V), ValueError, named("masks[1]")),
     Case("grid 0", lambda: downsample_masks(masks(), 0), ValueError, named("grid")),
     Case("grid negative", lambda: downsample_masks(masks(), -4), ValueError, named("grid")),
+    Case("grid past int32", lambda: downsample_masks(masks(), 2**31), ValueError, named("grid") + ".*2147483647"),
+    Case("grid pair past int32", lambda: downsample_masks(masks(), (2**20, 2**20)), ValueError, named("grid")),
     Case("grid float", lambda: downsample_masks(masks(), 16.0), TypeError, named("grid")),
     Case("grid bool", lambda: downsample_masks(masks(), True), TypeError, named("grid")),
     Case("grid str", lambda: downsample_masks(masks(), "16"), TypeError, named("grid")),
