@@ -187,6 +187,12 @@ def test_hf_attention_with_agreeing_cu_seq_lens_and_position_ids():
         alone = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
         torch.testing.assert_close(by_cu[:, start : start + n], alone, rtol=1e-5, atol=1e-5)
         start += n
+    # the check runs once per forward (every layer gets the same tensors), not once per layer,
+    # yet tensors changed in place since are checked again
+    positions[0, 3:] = torch.arange(5)  # [0, 1, 2, 0, 1, 2, 3, 4]: sequences of 3 and 5
+    with pytest.raises(ValueError, match="^cu_seq_lens_q:.*position_ids"):
+        varlen_attention_forward(_Layer(), query, key, value, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                 max_length_q=4, max_length_k=4, position_ids=positions)  # fmt: skip
     with pytest.raises(ValueError, match="^cu_seq_lens_q:.*position_ids"):
         shifted = torch.tensor([0, 2, 4, 8], dtype=torch.int32)
         varlen_attention_forward(_Layer(), query, key, value, None, cu_seq_lens_q=shifted, max_length_q=4,

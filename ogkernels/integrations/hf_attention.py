@@ -12,6 +12,7 @@ prepared as for flash-attn: sequence boundaries come from the ``FlashAttentionKw
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -78,11 +79,12 @@ def varlen_attention_forward(
         cu_k = cu_q if cu_k is None else _check_offsets("cu_seq_lens_k", cu_k)
         max_q = _check_max_length("max_length_q", kwargs.get("max_length_q"))
         max_k = _check_max_length("max_length_k", kwargs.get("max_length_k", max_q))
-        if position_ids is not None:
+        if position_ids is not None and not _already_checked(cu_q, cu_k, position_ids):
             positions = _check_position_ids(position_ids, length)
             _check_against_positions("cu_seq_lens_q", cu_q, positions)
             if length == length_k and cu_k is not cu_q:
                 _check_against_positions("cu_seq_lens_k", cu_k, positions)
+            _remember_checked(cu_q, cu_k, position_ids)
         out = _attend(q[0], k[0], v[0], cu_q, cu_k, max_q, max_k, causal, scaling, _PACKED_NAMES)
         return out.reshape(1, length, heads, -1), None
     if attention_mask is not None:
@@ -165,6 +167,26 @@ def _check_position_ids(value: Any, length: int) -> torch.Tensor:
     if value.numel() != length or value.dim() not in (1, 2):
         fail("position_ids", f"shape (1, {length}) (one position per query row)", value)
     return value.reshape(-1)
+
+
+# the last (cu_seq_lens_q, cu_seq_lens_k, position_ids) checked: every layer of a forward gets
+# the same tensors, so the cross-check runs once per forward, not once per layer
+_CHECKED: list[tuple[Any, ...]] = []
+
+
+def _identity(tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
+    return tuple((weakref.ref(t), t._version) for t in tensors)
+
+
+def _already_checked(*tensors: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling() or not _CHECKED:
+        return False
+    return all(ref() is t and version == t._version for (ref, version), t in zip(_CHECKED[0], tensors))
+
+
+def _remember_checked(*tensors: torch.Tensor) -> None:
+    if not torch.compiler.is_compiling():
+        _CHECKED[:] = [_identity(tensors)]
 
 
 def _check_against_positions(argument: str, cu: torch.Tensor, positions: torch.Tensor) -> None:
