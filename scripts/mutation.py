@@ -25,7 +25,7 @@ PYTEST = "env PYTHONPATH=. OGKERNELS_BACKEND=torch {python} -m pytest -x -q -p n
 MODULES: dict[str, tuple[str, int]] = {
     "ogkernels/ops/index.py": ("tests/ops/test_index.py tests/test_packing.py tests/test_bounded_layouts.py -k 'not triton'", 20),
     "ogkernels/ops/phi_torch.py": ("tests/ops/test_phi.py -k 'not triton'", 24),
-    "ogkernels/ops/token_plan.py": ("tests/ops/test_token_plan.py tests/test_token_budget.py -k 'not triton'", 24),
+    "ogkernels/ops/token_plan.py": ("tests/ops/test_token_plan.py tests/test_og_tokens.py tests/test_token_budget.py -k 'not triton'", 24),
     "ogkernels/ops/place_tokens.py": ("tests/ops/test_token_plan.py tests/test_og_tokens.py -k 'not triton'", 20),
     "ogkernels/ops/gather_rows.py": ("tests/ops/test_gather_rows.py tests/test_bad_input_api.py -k 'not triton'", 20),
     "ogkernels/ops/token_budget.py": ("tests/test_token_budget.py", 20),

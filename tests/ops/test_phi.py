@@ -215,3 +215,22 @@ def test_random_alpha_exactly_on_a_bins_boundary_is_kept(backend, device):
         assert torch.equal(got, exact_flat(masks, v, alpha))
 
     check()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_bins_of_many_word_chunks_after_a_bin_ending_in_set_pixels(backend, device, packed):
+    # bins spanning several lane chunks; every other bin ends in set pixels and the next one is
+    # empty: the empty bin's first (misaligned) word holds set pixels before its start, whose
+    # correction must go into the chunk holding that word — in any other chunk a byte lane
+    # of zeros borrows
+    v, length = 4, 5003
+    n_pixels = v * length - 3
+    row = torch.zeros(n_pixels, dtype=torch.bool)
+    for j in range(0, v, 2):
+        s, e = R.adaptive_bin(j, n_pixels, v)
+        row[e - (e - s) // 3 : e] = True
+    masks = torch.stack([row, row.roll(7), row.roll(-13)]).view(3, 1, n_pixels)
+    source = PackedMasks.from_dense(masks) if packed else masks
+    for alpha in (0.1, 0.34, 0.5):
+        got = downsample_masks(source.to(device), v, alpha=alpha).cpu()
+        assert torch.equal(got, exact_flat(masks, v, Fraction(repr(alpha)))), alpha
