@@ -8,12 +8,16 @@
 
 Scope: the PyTorch paths. Mutants inside a Triton launcher (a definition named ``*triton*`` or
 ``*launch*``) are out of scope here: the kernels are tested under the interpreter, too slow
-for one test run per mutant on a CPU. The sample is the ``K`` mutants with the smallest
+for one test run per mutant on a CPU. Mutants inside a type annotation are equivalent by
+construction (every module has ``from __future__ import annotations``: annotations are never
+evaluated) and are not sampled. The sample is the ``K`` mutants with the smallest
 SHA-256 of ``module|operator|occurrence|line:col``: the same source gives the same sample.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import json
 import re
@@ -54,6 +58,28 @@ def config(module: str, python: str) -> str:
     ])  # fmt: skip
 
 
+@functools.lru_cache(maxsize=None)
+def annotation_spans(module: str) -> tuple[tuple[tuple[int, int], tuple[int, int]], ...]:
+    """``((line, col), (end_line, end_col))`` of every annotation in ``module``'s source."""
+    tree = ast.parse(open(module, encoding="utf-8").read())
+    spans = []
+    for node in ast.walk(tree):
+        notes = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+            notes.append(node.returns)
+        elif isinstance(node, ast.arg) and node.annotation is not None:
+            notes.append(node.annotation)
+        elif isinstance(node, ast.AnnAssign):
+            notes.append(node.annotation)
+        spans += [((n.lineno, n.col_offset), (n.end_lineno, n.end_col_offset)) for n in notes]
+    return tuple(spans)
+
+
+def in_annotation(mutation) -> bool:
+    position = tuple(mutation.start_pos)
+    return any(start <= position < end for start, end in annotation_spans(str(mutation.module_path)))
+
+
 def _key(mutation) -> str:
     text = f"{mutation.module_path}|{mutation.operator_name}|{mutation.occurrence}|{mutation.start_pos[0]}:{mutation.start_pos[1]}"
     return hashlib.sha256(text.encode()).hexdigest()
@@ -65,7 +91,10 @@ def sample(db_path: str, size: int) -> dict:
 
     with use_db(db_path, WorkDB.Mode.open) as db:
         items = list(db.pending_work_items)
-        in_scope = [w for w in items if not OUT_OF_SCOPE.search(w.mutations[0].definition_name or "")]
+        in_scope = [
+            w for w in items
+            if not OUT_OF_SCOPE.search(w.mutations[0].definition_name or "") and not in_annotation(w.mutations[0])
+        ]  # fmt: skip
         chosen = sorted(in_scope, key=lambda w: _key(w.mutations[0]))[:size]
         keep = {w.job_id for w in chosen}
         skipped = [w.job_id for w in items if w.job_id not in keep]
@@ -101,6 +130,7 @@ def report(db_paths: list[str]) -> dict:
                     "operator": w.mutations[0].operator_name,
                     "line": w.mutations[0].start_pos[0],
                     "definition": w.mutations[0].definition_name,
+                    "in_annotation": in_annotation(w.mutations[0]),
                     "diff": r.diff,
                 }
                 for w, r in survivors

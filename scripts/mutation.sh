@@ -51,8 +51,8 @@ for module in "${modules[@]}"; do
     echo "$module: $(( $(date +%s) - start )) s"
     sessions+=("$db")
 done
+driver report "${sessions[@]}" > "$STATE/report.json"  # in the copy: the sources the mutants came from
 cd "$ROOT"
-driver report "${sessions[@]}" > "$STATE/report.json"
 "$PYTHON" - "$STATE/report.json" <<'EOF'
 import json, sys
 data = json.load(open(sys.argv[1]))

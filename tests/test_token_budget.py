@@ -160,3 +160,23 @@ def test_score_priority_with_image_filling_ranks_the_filler_last():
     for cap, kept in ((1 + 3 + 3 + 6, [2, 2, 5]), (1 + 3 + 6, [2, 2]), (1 + 3, [2])):  # the filler goes first, then 0.1
         out = og_tokens(features, [bitmaps], torch.zeros(1, 2), max_image_tokens=cap, **options)
         assert [len(m) for m in mask_segments(out)[0]] == kept, cap
+
+
+@pytest.mark.parametrize("global_view, global_rows", [("mean", 1), ("full", 9), ("none", 0)])
+@pytest.mark.parametrize("priority", ["order", "area", "score"])
+def test_masks_filling_the_cap_exactly_are_kept_one_row_more_is_dropped(global_view, global_rows, priority):
+    features = torch.randn(1, 9, 2)
+    bitmaps = torch.zeros(2, 9, dtype=torch.bool)
+    bitmaps[0, :2] = True  # BOM + 2 rows
+    bitmaps[1, 3:9] = True  # BOM + 6 rows, lower score and larger: the one to drop by area too
+    scores = [torch.tensor([0.9, 0.1])]
+    options = dict(global_view=global_view, drop_priority=priority, mask_scores=scores)
+    exact = global_rows + 3 + 7
+    # one row short: "order" and "score" drop the second mask, "area" the smallest (then 7 rows fit)
+    for cap, kept in ((exact, [2, 6]), (exact - 1, [2] if priority != "area" else [6])):
+        out = og_tokens(features, [bitmaps], torch.zeros(1, 2), max_image_tokens=cap, **options)
+        assert [len(m) for m in mask_segments(out)[0]] == kept, (cap, priority)
+        assert int(out.lengths[0]) <= cap
+        for batch_cap in (cap, cap + 1) if cap == exact else (cap,):
+            batched = og_tokens(features, [bitmaps], torch.zeros(1, 2), max_batch_tokens=batch_cap, **options)
+            assert [len(m) for m in mask_segments(batched)[0]] == kept, (batch_cap, priority)
