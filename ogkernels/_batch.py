@@ -15,7 +15,7 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
-from ._validation import describe, fail
+from ._validation import check_finite, describe, fail, numpy_hint
 from .bitmaps import MaskBitmaps
 from .downsample import as_mask_image, run_phi
 from .ops.host import resident
@@ -33,7 +33,7 @@ def as_mask_list(masks: object) -> list:
     if isinstance(masks, torch.Tensor) and masks.dim() == 4:
         return list(masks.unbind(0))
     if not isinstance(masks, (list, tuple)):
-        fail("masks", "a list with one entry per image (or a (B, N, H, W) tensor)", masks, error=TypeError)
+        fail("masks", "a list with one entry per image (or a (B, N, H, W) tensor)" + numpy_hint(masks), masks, error=TypeError)
     return list(masks)
 
 
@@ -124,8 +124,7 @@ def token_bitmaps(masks: list, num_tokens: int, options: OGTokenOptions, device:
             counts.append(0)
             continue
         if not isinstance(item, (torch.Tensor, PackedMasks, MaskBitmaps)):
-            hint = "; convert it with torch.from_numpy" if type(item).__module__ == "numpy" else ""
-            fail(name, "a mask tensor, a PackedMasks, a MaskBitmaps or None" + hint, item, error=TypeError)
+            fail(name, "a mask tensor, a PackedMasks, a MaskBitmaps or None" + numpy_hint(item), item, error=TypeError)
         item = _to_device(name, item, device)
         if isinstance(item, MaskBitmaps):
             _check_bitmaps(name, item, shape, options)
@@ -170,12 +169,25 @@ def mask_score_vector(
         fail("mask_scores", f"a list of {len(counts)} per-image score tensors for drop_priority='score'", mask_scores)
     pieces = []
     for i, (scores, n) in enumerate(zip(mask_scores, counts)):
+        name = f"mask_scores[{i}]"
         if n == 0 and scores is None:
             continue
-        if not isinstance(scores, torch.Tensor) or scores.shape != (n,) or not scores.dtype.is_floating_point:
-            fail(f"mask_scores[{i}]", f"a ({n},) floating tensor (one score per mask)", scores)
+        if not isinstance(scores, torch.Tensor) or not scores.dtype.is_floating_point:
+            fail(name, f"a ({n},) real floating tensor (one score per mask)" + numpy_hint(scores), scores, error=TypeError)
+        if scores.shape != (n,):
+            fail(name, f"a ({n},) floating tensor (one score per mask)", scores)
+        _check_finite_scores(name, scores)
         pieces.append(scores.to(device=device, dtype=torch.float64))
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64, device=device)
+
+
+def _check_finite_scores(name: str, scores: torch.Tensor) -> None:
+    """NaN would rank first and inf past every real score: both are refused. Host scores
+    are read here; device scores are checked on the device (no sync)."""
+    if scores.device.type == "cpu" and not torch.compiler.is_compiling():
+        check_finite(name, scores)
+    elif scores.numel():
+        torch._assert_async(torch.isfinite(scores).all(), f"{name}: expected finite scores (no NaN or inf)")
 
 
 def check_caps(options: OGTokenOptions, batch: int, num_tokens: int) -> None:

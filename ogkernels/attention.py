@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ._validation import check_choice, check_tensor, fail
+from ._validation import check_bool, check_choice, check_tensor, fail
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
@@ -75,14 +75,15 @@ def varlen_attention(
 
     Raises:
         TypeError: a non-tensor, a non-floating q/k/v, mixed dtypes, non-int32 ``cu_seqlens``,
-            a non-int ``max_seqlen``.
-        ValueError: wrong ranks or shapes, ``nheads % nheads_k != 0``, mixed devices,
+            a non-int ``max_seqlen``, a non-bool ``causal``.
+        ValueError: wrong ranks or shapes, ``nheads % nheads_k != 0``, mixed devices, meta tensors,
             ``cu_seqlens`` not starting at 0, decreasing, not ending at the total, or a sequence
             longer than ``max_seqlen``; a ``backend`` that cannot run these inputs.
     """
     scale = _check_arguments(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
+    check_bool("causal", causal)
     chosen = attention_backend(q, backend=backend)
-    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), scale)
+    args = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale)
     if chosen == "torch":
         return _attention_torch(*args)
     if q.shape[0] == 0:
@@ -243,6 +244,8 @@ def _check_arguments(
             fail(name, "a 3-D (tokens, heads, headdim) tensor", value)
         if value.dtype not in FLOAT_DTYPES:
             fail(name, "a float16, bfloat16, float32 or float64 tensor", value, error=TypeError)
+    if q.device.type == "meta":
+        fail("q", "a tensor with data (not on the meta device)", q)
     if k.dtype != q.dtype or v.dtype != q.dtype:
         bad, other = ("k", k) if k.dtype != q.dtype else ("v", v)
         fail(bad, f"dtype {q.dtype} (the dtype of q)", other, error=TypeError)

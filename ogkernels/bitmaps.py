@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import check_tensor, fail
+from ._validation import check_choice, check_tensor, fail
+from .ops.frames import FRAMES
+from .options import MODES, check_alpha
 
 
 @dataclass(frozen=True)
@@ -38,18 +40,32 @@ class MaskBitmaps:
     def __post_init__(self) -> None:
         check_tensor("MaskBitmaps.bits", self.bits)
         check_tensor("MaskBitmaps.nonempty", self.nonempty)
-        if self.bits.dtype != torch.bool or self.bits.dim() != 2:
+        if self.bits.dtype != torch.bool:
             fail("MaskBitmaps.bits", "a (N, V) bool tensor", self.bits, error=TypeError)
+        if self.bits.dim() != 2:
+            fail("MaskBitmaps.bits", "a (N, V) bool tensor", self.bits)
+        if not isinstance(self.grid, (tuple, list)):
+            fail("MaskBitmaps.grid", "a pair of ints (gh, gw)", self.grid, error=TypeError)
         grid = tuple(self.grid)
         if len(grid) != 2 or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in grid):
             fail("MaskBitmaps.grid", "a pair of ints (gh, gw) >= 1", self.grid)
         if grid[0] * grid[1] != self.bits.shape[1]:
             fail("MaskBitmaps.bits", f"V = gh·gw = {grid[0] * grid[1]} columns for grid {grid}", self.bits)
         object.__setattr__(self, "grid", grid)
-        if self.nonempty.dtype != torch.bool or tuple(self.nonempty.shape) != (self.bits.shape[0],):
+        if self.nonempty.dtype != torch.bool:
+            fail("MaskBitmaps.nonempty", f"a ({self.bits.shape[0]},) bool tensor", self.nonempty, error=TypeError)
+        if tuple(self.nonempty.shape) != (self.bits.shape[0],):
             fail("MaskBitmaps.nonempty", f"a ({self.bits.shape[0]},) bool tensor", self.nonempty)
         if self.nonempty.device != self.bits.device:
             fail("MaskBitmaps.nonempty", f"a tensor on {self.bits.device} (the device of bits)", self.nonempty)
+        self._check_parameters()
+
+    def _check_parameters(self) -> None:
+        object.__setattr__(self, "alpha", check_alpha(self.alpha, "MaskBitmaps.alpha"))
+        check_choice("MaskBitmaps.mode", self.mode, MODES)
+        check_choice("MaskBitmaps.frame", self.frame, FRAMES)
+        if self.mode == "flat" and self.frame != "none":
+            fail("MaskBitmaps.frame", "'none' with mode='flat' (frames apply to mode='patch')", self.frame)
 
     @property
     def num_masks(self) -> int:

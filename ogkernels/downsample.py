@@ -10,7 +10,7 @@ from typing import Sequence, Union
 
 import torch
 
-from ._validation import check_choice, describe, fail
+from ._validation import check_choice, describe, fail, numpy_hint
 from .ops.frames import FRAMES
 from .ops.phi import MaskImage
 from .options import MODES, check_alpha, parse_grid
@@ -34,8 +34,7 @@ def as_mask_image(argument: str, item: object) -> MaskImage:
             fail(argument, "masks with data (not on the meta device)", f"PackedMasks on {item.bits.device}")
         return MaskImage(item.bits.contiguous(), item.num_masks, item.height, item.width, True)
     if not isinstance(item, torch.Tensor):
-        hint = "; convert it with torch.from_numpy" if type(item).__module__ == "numpy" else ""
-        fail(argument, "a (N, H, W) mask tensor or a PackedMasks" + hint, item, error=TypeError)
+        fail(argument, "a (N, H, W) mask tensor or a PackedMasks" + numpy_hint(item), item, error=TypeError)
     if item.dim() != 3:
         fail(argument, "a (N, H, W) mask tensor (one image's masks)", item)
     if item.shape[1] < 1 or item.shape[2] < 1:
@@ -60,7 +59,7 @@ def collect_mask_images(masks: MaskInput, argument: str = "masks") -> list[MaskI
     elif isinstance(masks, (list, tuple)):
         items, names = list(masks), [f"{argument}[{i}]" for i in range(len(masks))]
     else:
-        fail(argument, "a (N, H, W) tensor, a PackedMasks, or a list of them", masks, error=TypeError)
+        fail(argument, "a (N, H, W) tensor, a PackedMasks, or a list of them" + numpy_hint(masks), masks, error=TypeError)
     devices = [(name, item.device) for name, item in zip(names, items) if isinstance(item, (torch.Tensor, PackedMasks))]
     for name, device in devices[1:]:
         if device != devices[0][1]:

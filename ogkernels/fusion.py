@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ._batch import ImageMasks, as_mask_list, buffer_size, check_features, plan_batch, token_tables
-from ._validation import check_choice, fail
+from ._validation import check_choice, check_int, fail
 from .checkpoints import CheckpointError, connector_state_dict, load_reference_checkpoint
 from .kernels.codes import NO_TABLE
 from .ops.gather_rows import gather_rows
@@ -70,8 +70,7 @@ class OGFusion(nn.Module):
     ):
         super().__init__()
         for name, value in (("vision_dim", vision_dim), ("llm_dim", llm_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(name, "an int >= 1", value)
+            check_int(name, value, minimum=1)
         check_choice("projection", projection, PROJECTION_ORDERS)
         self.options = OGTokenOptions.resolve(options, **option_overrides)
         self.projection = projection
@@ -248,7 +247,13 @@ class OGFusion(nn.Module):
     def from_modules(cls, mm_projector: nn.Sequential, bom: nn.Parameter, **options) -> "OGFusion":
         """A connector that shares an existing projector and BOM parameter (no copies), e.g.
         the reference model's, so training either updates both."""
+        if not isinstance(mm_projector, nn.Sequential) or not all(
+            isinstance(mm_projector[i], nn.Linear) for i in (0, -1)
+        ):
+            fail("mm_projector", "an nn.Sequential starting and ending with nn.Linear (Linear, GELU, Linear)", mm_projector, error=TypeError)
         first, last = mm_projector[0], mm_projector[-1]
+        if not isinstance(bom, torch.Tensor):
+            fail("bom", f"a (1, {first.in_features}) parameter", bom, error=TypeError)
         if tuple(bom.shape) != (1, first.in_features):
             fail("bom", f"a (1, {first.in_features}) parameter", bom)
         module = cls(first.in_features, last.out_features, device="meta", **options)

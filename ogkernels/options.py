@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ._validation import check_choice, check_positive_int, fail
+from ._validation import check_bool, check_choice, check_positive_int, fail
 from .ops.frames import FRAMES
 from .ops.token_budget import PRIORITIES, TokenBudget
 from .ops.token_plan import GLOBAL_VIEWS, MASKLESS, Layout
@@ -26,7 +26,15 @@ INT32_MAX = 2**31 - 1
 
 
 def parse_grid(grid: Any, mode: str, argument: str = "grid") -> tuple[int, int]:
-    """``V`` or ``(gh, gw)`` → ``(gh, gw)``; a bare ``V`` in patch mode must be a square."""
+    """``V`` or ``(gh, gw)`` → ``(gh, gw)``; a bare ``V`` in patch mode must be a square;
+    ``V = gh·gw`` at most ``2**31 - 1`` (int32 token indices: checked before any allocation)."""
+    shape = _parse_grid(grid, mode, argument)
+    if shape[0] * shape[1] > INT32_MAX:
+        fail(argument, f"at most {INT32_MAX} tokens (gh·gw; int32 token indices)", grid)
+    return shape
+
+
+def _parse_grid(grid: Any, mode: str, argument: str) -> tuple[int, int]:
     if isinstance(grid, bool):
         fail(argument, "an int V >= 1 or a pair (gh, gw)", grid, error=TypeError)
     if isinstance(grid, int):
@@ -49,19 +57,13 @@ def parse_grid(grid: Any, mode: str, argument: str = "grid") -> tuple[int, int]:
     fail(argument, "an int V >= 1 or a pair of ints (gh, gw)", grid, error=TypeError)
 
 
-def check_alpha(value: Any) -> float:
+def check_alpha(value: Any, argument: str = "alpha") -> float:
     """``alpha``: a finite real number > 0 (bool rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        fail("alpha", "a positive real number", value, error=TypeError)
+        fail(argument, "a positive real number", value, error=TypeError)
     if not (0 < value < math.inf):
-        fail("alpha", "a finite number > 0", value)
+        fail(argument, "a finite number > 0", value)
     return float(value)
-
-
-def check_bool(argument: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        fail(argument, "a bool", value, error=TypeError)
-    return value
 
 
 def check_cap(argument: str, value: Any) -> int | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._validation import check_tensor, fail
+from ._validation import check_int, check_tensor, fail
 from .ops.phi_torch import unpack_bits
 
 
@@ -42,8 +42,7 @@ class PackedMasks:
         check_tensor("PackedMasks.bits", self.bits)
         for name in ("height", "width"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                fail(f"PackedMasks.{name}", "an int >= 1", value)
+            check_int(f"PackedMasks.{name}", value, minimum=1)
         if self.bits.dtype != torch.uint8:
             fail("PackedMasks.bits", "dtype uint8", self.bits, error=TypeError)
         expected = packed_row_bytes(self.height, self.width)

@@ -36,6 +36,7 @@ import torch
 from .ops.host import upload
 from ._validation import check_choice, check_tensor, describe, fail
 from .batch_sampler import TokenBudgetSampler
+from .options import INT32_MAX
 from .varlen import VarlenBatch
 
 IGNORE_INDEX = -100
@@ -192,6 +193,9 @@ def plan_packing(
     keep_len = out_len
     if max_length is not None:
         keep_len = _truncate(out_len, span_in_sample, width, is_placeholder, sample_of, max_length, truncation)
+    longest, total = torch.stack([keep_len.max(), keep_len.sum()]).tolist() if batch else (0, 0)
+    if total > INT32_MAX:  # the int64 total, checked before anything of that size is built
+        fail("image_lengths", f"at most {INT32_MAX} packed rows in all (int32 cu_seq_lens)", f"{total} rows")
 
     owner = torch.repeat_interleave(torch.arange(ids.numel(), device=device), width)
     offset = torch.arange(owner.numel(), device=device) - span_start[owner]
@@ -215,7 +219,6 @@ def plan_packing(
 
     cu_seq_lens = torch.zeros(batch + 1, dtype=torch.int32, device=device)
     torch.cumsum(keep_len, 0, out=cu_seq_lens[1:])
-    longest = int(keep_len.max()) if batch else 0
     return PackingLayout(
         text_ids=text_ids,
         table_index=table_index,
@@ -380,6 +383,8 @@ def _check_ids(argument: str, value: Any) -> tuple[torch.Tensor, list[int], torc
             fail(name, "a 1-D tensor", item)
         if item.dtype.is_floating_point or item.dtype.is_complex or item.dtype == torch.bool:
             fail(name, "an integer tensor", item, error=TypeError)
+        if item.device.type == "meta":
+            fail(name, "a tensor with data (not on the meta device)", item)
         if item.device != device:
             fail(name, f"a tensor on {device} (the device of {argument}[0])", item)
         lengths.append(item.numel())

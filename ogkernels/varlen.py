@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._validation import check_tensor, fail
+from ._validation import check_bool, check_int, check_tensor, fail
 from .kernels.codes import BOM_ROW, GLOBAL_ROW, MASK_MEAN_ROW, PAD_ROW
 from .ops.index import lengths_from_cu_seqlens, max_length
 
@@ -40,6 +40,7 @@ class VarlenBatch:
     validate: bool | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check_bool("validate", self.validate, optional=True)
         check_tensor("values", self.values)
         check_tensor("cu_seqlens", self.cu_seqlens)
         if self.values.dim() < 1:
@@ -54,8 +55,11 @@ class VarlenBatch:
             fail("max_seqlen", "a Python int", self.max_seqlen, error=TypeError)
         if self.source_index is not None:
             check_tensor("source_index", self.source_index)
-            if self.source_index.dtype != torch.int64 or self.source_index.shape != self.values.shape[:1]:
-                fail("source_index", f"a ({self.values.shape[0]},) int64 tensor (one code per row)", self.source_index)
+            expected = f"a ({self.values.shape[0]},) int64 tensor (one code per row)"
+            if self.source_index.dtype != torch.int64:
+                fail("source_index", expected, self.source_index, error=TypeError)
+            if self.source_index.shape != self.values.shape[:1]:
+                fail("source_index", expected, self.source_index)
             if self.source_index.device != self.values.device:
                 fail("source_index", f"a tensor on {self.values.device} (the values' device)", self.source_index)
         if self.validate is True or (self.validate is None and self.cu_seqlens.device.type == "cpu"):
@@ -101,9 +105,12 @@ class VarlenBatch:
         no host read; must be ``>=`` the longest sequence). ``pad_value``: a number, or a row
         ``(C,)`` (differentiable, e.g. the projector's image of a zero row)."""
         lengths = self.lengths
+        self._check_pad_value(pad_value)
         if width is None:
             longest = max_length(self.cu_seqlens)
         else:
+            if not isinstance(width, torch.SymInt):
+                check_int("width", width, minimum=0)
             longest = width
             if lengths.device.type == "cpu" and not torch.compiler.is_compiling() and self.batch_size:
                 if int(lengths.max()) > width:
@@ -123,9 +130,19 @@ class VarlenBatch:
         mask = valid.view(valid.shape + (1,) * (self.values.dim() - 1))
         return torch.where(mask, gathered, out)
 
+    def _check_pad_value(self, pad_value: object) -> None:
+        if isinstance(pad_value, torch.Tensor):
+            if tuple(pad_value.shape) not in ((), tuple(self.values.shape[1:])):
+                fail("pad_value", f"a number or a row of shape {tuple(self.values.shape[1:])}", pad_value)
+            if pad_value.device != self.values.device:
+                fail("pad_value", f"a tensor on {self.values.device} (the values' device)", pad_value)
+        elif not isinstance(pad_value, (bool, int, float)):
+            fail("pad_value", "a number or a (C,) tensor", pad_value, error=TypeError)
+
     def map_values(self, values: torch.Tensor) -> "VarlenBatch":
         """The same layout with new ``values`` (e.g. projected rows), ``(T_buf, C')``."""
-        if values.shape[0] != self.values.shape[0]:
+        check_tensor("values", values)
+        if values.dim() < 1 or values.shape[0] != self.values.shape[0]:
             fail("values", f"{self.values.shape[0]} rows (the batch's buffer)", values)
         return VarlenBatch(values, self.cu_seqlens, self.max_seqlen, self.source_index, validate=False)
 

@@ -129,3 +129,54 @@ def test_budget_argument_errors():
         og_tokens(features, masks, max_image_tokens=3, drop_priority="score")
     with pytest.raises(ValueError, match=r"mask_scores\[1\]"):
         og_tokens(features, masks, max_image_tokens=3, drop_priority="score", mask_scores=[torch.ones(1), torch.ones(2)])
+
+
+def test_a_cap_keeps_the_means_of_the_kept_masks():
+    # averaging: a kept mask's row is the mean of its own rows, capped or not
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 9, 4, generator=g)
+    bitmaps = torch.zeros(3, 9, dtype=torch.bool)
+    bitmaps[0, :2] = True
+    bitmaps[1, 2:8] = True
+    bitmaps[2, 6:] = True
+    bom = torch.randn(1, 4, generator=g)
+    full = og_tokens(features, [bitmaps], bom, averaging=True)
+    capped = og_tokens(features, [bitmaps], bom, averaging=True, max_image_tokens=1 + 2 + 2)
+    assert capped.lengths.tolist() == [5] and full.lengths.tolist() == [7]
+    assert torch.equal(capped.values[:5], full.values[:5])
+    means = [features[0, bitmaps[i]].mean(0) for i in range(2)]
+    torch.testing.assert_close(capped.values[[2, 4]], torch.stack(means), rtol=1e-6, atol=1e-6)
+
+
+def test_score_priority_with_image_filling_ranks_the_filler_last():
+    features = torch.randn(1, 9, 2)
+    bitmaps = torch.zeros(2, 9, dtype=torch.bool)
+    bitmaps[0, :2] = True  # 2 tokens, score 0.9
+    bitmaps[1, 2:4] = True  # 2 tokens, score 0.1; the filler: the other 5 tokens
+    scores = [torch.tensor([0.9, 0.1])]
+    options = dict(image_filling=True, drop_priority="score", mask_scores=scores)
+    full = og_tokens(features, [bitmaps], torch.zeros(1, 2), **options)
+    assert [len(m) for m in mask_segments(full)[0]] == [2, 2, 5]
+    for cap, kept in ((1 + 3 + 3 + 6, [2, 2, 5]), (1 + 3 + 6, [2, 2]), (1 + 3, [2])):  # the filler goes first, then 0.1
+        out = og_tokens(features, [bitmaps], torch.zeros(1, 2), max_image_tokens=cap, **options)
+        assert [len(m) for m in mask_segments(out)[0]] == kept, cap
+
+
+@pytest.mark.parametrize("global_view, global_rows", [("mean", 1), ("full", 9), ("none", 0)])
+@pytest.mark.parametrize("priority", ["order", "area", "score"])
+def test_masks_filling_the_cap_exactly_are_kept_one_row_more_is_dropped(global_view, global_rows, priority):
+    features = torch.randn(1, 9, 2)
+    bitmaps = torch.zeros(2, 9, dtype=torch.bool)
+    bitmaps[0, :2] = True  # BOM + 2 rows
+    bitmaps[1, 3:9] = True  # BOM + 6 rows, lower score and larger: the one to drop by area too
+    scores = [torch.tensor([0.9, 0.1])]
+    options = dict(global_view=global_view, drop_priority=priority, mask_scores=scores)
+    exact = global_rows + 3 + 7
+    # one row short: "order" and "score" drop the second mask, "area" the smallest (then 7 rows fit)
+    for cap, kept in ((exact, [2, 6]), (exact - 1, [2] if priority != "area" else [6])):
+        out = og_tokens(features, [bitmaps], torch.zeros(1, 2), max_image_tokens=cap, **options)
+        assert [len(m) for m in mask_segments(out)[0]] == kept, (cap, priority)
+        assert int(out.lengths[0]) <= cap
+        for batch_cap in (cap, cap + 1) if cap == exact else (cap,):
+            batched = og_tokens(features, [bitmaps], torch.zeros(1, 2), max_batch_tokens=batch_cap, **options)
+            assert [len(m) for m in mask_segments(batched)[0]] == kept, (batch_cap, priority)

@@ -166,7 +166,7 @@ class OGLlavaProcessor(ProcessorMixin):
         self.og_options = OGTokenOptions.from_dict(og_options or {}).to_dict()
         options = self.options
         self.grid = list(grid) if isinstance(grid, (list, tuple)) else grid
-        plain_token_count(self.grid if isinstance(self.grid, int) else tuple(self.grid), options)  # validates
+        plain_token_count(tuple(self.grid) if isinstance(self.grid, list) else self.grid, options)  # validates
         self.image_token = image_token or getattr(tokenizer, "image_token", None) or DEFAULT_IMAGE_TOKEN
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         if self.image_token_id is None or self.image_token_id == getattr(tokenizer, "unk_token_id", None):

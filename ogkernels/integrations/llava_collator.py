@@ -378,11 +378,14 @@ class OGLlavaCollator:
 
     def _text(self, name: str, sample: Mapping[str, Any], *, has_image: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if "input_ids" in sample:
-            ids = torch.as_tensor(sample["input_ids"], dtype=torch.int64)
+            ids = _token_ids(f"{name}['input_ids']", sample["input_ids"])
             labels = sample.get("labels")
             if labels is None:
                 return ids, ids.clone()
-            return ids, torch.as_tensor(labels, dtype=torch.int64)
+            labels = _token_ids(f"{name}['labels']", labels)
+            if labels.shape != ids.shape:
+                fail(f"{name}['labels']", f"{ids.numel()} labels (one per input id)", labels)
+            return ids, labels
         key = next((k for k in TEXT_KEYS if k in sample), None)
         if key is None:
             fail(
@@ -402,3 +405,16 @@ class OGLlavaCollator:
         if key == "messages":
             fail(f"{name}['messages']", "a collator with a processor (chat template)", "no processor")
         return tokenize_conversation(sample[key], self.tokenizer, has_image=has_image)
+
+
+def _token_ids(argument: str, value: Any) -> torch.Tensor:
+    """A 1-D int64 tensor from a list of ints or an integer tensor (floats and bools refused)."""
+    try:
+        ids = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        fail(argument, "a 1-D sequence of int token ids", value, error=TypeError)
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        fail(argument, "integer token ids", ids, error=TypeError)
+    if ids.dim() != 1:
+        fail(argument, "a 1-D sequence of token ids", ids)
+    return ids.to(torch.int64)

@@ -21,7 +21,7 @@ def cu_seqlens_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
 
 
 def exclusive_cumsum(values: torch.Tensor) -> torch.Tensor:
-    """``[0, v0, v0 + v1, …]`` without the total: each entry's offset, same shape and dtype."""
+    """1-D ``[0, v0, v0 + v1, …]`` without the total: each entry's offset, same shape and dtype."""
     return torch.cumsum(values, 0) - values
 
 

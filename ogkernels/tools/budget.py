@@ -397,6 +397,14 @@ class LLMDims:
     name: str = "custom"
     context_length: int | None = None
 
+    def __post_init__(self) -> None:
+        for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                      "head_dim", "intermediate_size", "vocab_size"):  # fmt: skip
+            check_positive_int(field, getattr(self, field))
+        if self.context_length is not None:
+            check_positive_int("context_length", self.context_length)
+        check_heads("num_key_value_heads", self.num_key_value_heads, self.num_attention_heads)
+
     @property
     def params_per_layer(self) -> int:
         """Matmul weights of one decoder layer: q, k, v, o projections and the gated MLP.
@@ -412,6 +420,12 @@ class LLMDims:
     def params_per_token(self) -> int:
         """Matmul weights every token passes through: ``layers · params_per_layer``."""
         return self.num_hidden_layers * self.params_per_layer
+
+
+def check_heads(argument: str, kv_heads: int, heads: int) -> None:
+    """Grouped-query attention: the key/value heads divide the query heads."""
+    if heads % kv_heads:
+        fail(argument, f"a divisor of num_attention_heads ({heads}) (grouped-query attention)", kv_heads)
 
 
 def _preset(name, hidden, layers, heads, kv_heads, head_dim, intermediate, vocab, context):
@@ -485,6 +499,7 @@ def llm_dims(config: ConfigLike) -> LLMDims:
     if kv_heads is None:
         kv_heads = heads
     kv_heads = check_positive_int(f"{prefix}.num_key_value_heads", kv_heads)
+    check_heads(f"{prefix}.num_key_value_heads", kv_heads, heads)
     head_dim = _config_get(config, "head_dim")
     if head_dim is None:
         if hidden % heads:

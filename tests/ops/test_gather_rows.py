@@ -102,3 +102,25 @@ def test_ops_pass_opcheck(device):
     torch.library.opcheck(torch.ops.ogkernels.gather_rows.default, (tables, table_index, row_index))
     grad = torch.randn(5, 8, device=device)
     torch.library.opcheck(torch.ops.ogkernels.gather_rows_backward.default, (grad, table_index, row_index, [4, 2]))
+
+
+@pytest.mark.parametrize("sizes", [[3], [4, 1], [2, 0, 3], [5, 2, 1, 3]])
+def test_csr_by_source_groups_output_rows_by_source(sizes):
+    # the backward kernel's CSR: output rows sorted stably by source (tables back to back),
+    # row_ptr (num_sources + 1,) offsets; unused rows (NO_TABLE) sort past every source
+    from ogkernels.ops.gather_rows import csr_by_source
+
+    g = torch.Generator().manual_seed(len(sizes))
+    tables = [t for t, n in enumerate(sizes) if n]
+    picks = torch.randint(0, len(tables), (13,), generator=g)
+    table_index = torch.tensor([tables[p] for p in picks.tolist()], dtype=torch.int32)
+    table_index[[2, 7]] = -1
+    row_index = torch.tensor([int(torch.randint(0, max(sizes[t], 1), (1,), generator=g)) if t >= 0 else 0
+                              for t in table_index.tolist()])  # fmt: skip
+    order, row_ptr = csr_by_source(table_index, row_index, sizes)
+    starts = [sum(sizes[:t]) for t in range(len(sizes))]
+    source = [starts[t] + r if t >= 0 else sum(sizes) for t, r in zip(table_index.tolist(), row_index.tolist())]
+    expected_order = sorted(range(13), key=lambda i: (source[i], i))
+    assert order.tolist() == expected_order
+    assert row_ptr.shape == (sum(sizes) + 1,)
+    assert row_ptr.tolist() == [sum(1 for s in source if s < k) for k in range(sum(sizes) + 1)]

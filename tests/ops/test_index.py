@@ -38,3 +38,10 @@ def test_int32_offsets_past_the_limit_are_visible_in_int64_first():
     # the int64 total is what a caller checks; the int32 cast wraps
     assert int(torch.cumsum(lens, 0)[-1]) > 2**31 - 1
     assert int(index.cu_seqlens_from_lengths(lens)[-1]) < 0
+
+
+def test_no_positions_make_an_empty_batch():
+    # (1, 0) positions: zero sequences, the offsets [0] (B + 1 = 1 entry)
+    cu = index.cu_seqlens_from_position_ids(torch.zeros(1, 0, dtype=torch.int64))
+    assert cu.dtype == torch.int32 and cu.tolist() == [0]
+    assert index.max_length(cu) == 0

@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ogkernels import PackedMasks, downsample_masks
@@ -181,3 +181,56 @@ def test_the_op_passes_opcheck(device):
     masks = torch.rand(2, 6, 7, generator=torch.Generator().manual_seed(0)) < 0.5
     args = ([masks.to(device)], [6], [7], [False], 1, 9, 0.5, "flat", "none")
     torch.library.opcheck(torch.ops.ogkernels.phi.default, args)
+
+
+def _decimal(value: Fraction) -> bool:
+    """``value`` is what a float prints as (a terminating decimal that round-trips)."""
+    return Fraction(repr(float(value))) == value
+
+
+def test_random_alpha_exactly_on_a_bins_boundary_is_kept(backend, device):
+    # alpha = S_j·N / (L_j·V) for a bin j of the drawn mask: alpha·L·V/N is then an integer
+    # (the bin's count), the rule's boundary; the bin must be kept (>=), and the whole row
+    # must follow the exact rule (other bins with the same area sit on it too)
+    @settings(max_examples=examples(backend, 120, 8))
+    @given(
+        masks=mask_stacks(max_masks=3, max_side=20),
+        v=st.sampled_from([2, 4, 5, 8, 10, 16, 20, 25, 40, 50, 100]),
+        data=st.data(),
+    )
+    def check(masks, v, data):
+        n_pixels = masks.shape[1] * masks.shape[2]
+        flat = masks.reshape(masks.shape[0], n_pixels).to(torch.int64)
+        candidates = []
+        for j in range(v):
+            s, e = R.adaptive_bin(j, n_pixels, v)
+            for i, count in enumerate(flat[:, s:e].sum(1).tolist()):
+                alpha = Fraction(count * n_pixels, (e - s) * v)
+                if count and _decimal(alpha):
+                    candidates.append((i, j, alpha))
+        assume(candidates)
+        i, j, alpha = data.draw(st.sampled_from(candidates))
+        got = downsample_masks(masks.to(device), v, alpha=float(alpha)).cpu()
+        assert got[i, j], (i, j, alpha)
+        assert torch.equal(got, exact_flat(masks, v, alpha))
+
+    check()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_bins_of_many_word_chunks_after_a_bin_ending_in_set_pixels(backend, device, packed):
+    # bins spanning several lane chunks; every other bin ends in set pixels and the next one is
+    # empty: the empty bin's first (misaligned) word holds set pixels before its start, whose
+    # correction must go into the chunk holding that word — in any other chunk a byte lane
+    # of zeros borrows
+    v, length = 4, 5003
+    n_pixels = v * length - 3
+    row = torch.zeros(n_pixels, dtype=torch.bool)
+    for j in range(0, v, 2):
+        s, e = R.adaptive_bin(j, n_pixels, v)
+        row[e - (e - s) // 3 : e] = True
+    masks = torch.stack([row, row.roll(7), row.roll(-13)]).view(3, 1, n_pixels)
+    source = PackedMasks.from_dense(masks) if packed else masks
+    for alpha in (0.1, 0.34, 0.5):
+        got = downsample_masks(source.to(device), v, alpha=alpha).cpu()
+        assert torch.equal(got, exact_flat(masks, v, Fraction(repr(alpha)))), alpha

@@ -128,9 +128,12 @@ def test_plain_images_take_their_patch_rows(backend, device):
     assert closed.lengths.tolist() == [4, 4, 4] and not bool(closed.keep.any())
 
 
-def test_ops_pass_opcheck(device):
+@pytest.mark.parametrize("image_filling, max_image_tokens", [(False, None), (True, None), (True, 6)])
+def test_ops_pass_opcheck(device, image_filling, max_image_tokens):
+    # the fake (meta) implementation must give the real outputs' shapes, fillers included
     bitmaps = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 0]], dtype=torch.bool, device=device)
-    args = (bitmaps, [2, 1], None, torch.tensor(True, device=device), "mean", True, False, False, None, None, 9, "order", "reference")
+    args = (bitmaps, [2, 1], None, torch.tensor(True, device=device), "mean", True, False, image_filling, None,
+            max_image_tokens, 9, "order", "reference")  # fmt: skip
     torch.library.opcheck(torch.ops.ogkernels.token_plan.default, args)
     plan = plan_tokens(bitmaps, [2, 1], Layout())
     place = (plan.candidates, plan.state, plan.mask_image, plan.mask_offsets, plan.cu_seqlens, plan.plain, 12, 3, "mean", True, False)
