@@ -31,6 +31,8 @@ setup(
         "sam2": ["sam2>=1.1", "pycocotools>=2.0", "safetensors>=0.4", "tqdm>=4.60", "pillow>=9", "filelock>=3.12"],
         "gpu": ["flash-attn>=2.7"],
         "bench": ["pytest-benchmark>=5", "matplotlib>=3.7"],
+        # the main job (ogkernels-train): the model, LoRA, its plot and progress bar
+        "train": ["transformers>=5.0", "accelerate>=1.0", "peft>=0.13", "matplotlib>=3.7", "tqdm>=4.60"],
         "test": [
             "pytest>=8",
             "pytest-benchmark>=5",
@@ -45,6 +47,7 @@ setup(
             "ogkernels-budget=ogkernels.tools.budget_cli:main",
             "ogkernels-masks=ogkernels.masks.__main__:main",
             "ogkernels-sam2-masks=ogkernels.jobs.sam2_masks:main",
+            "ogkernels-train=ogkernels.jobs.train_llava:cli",
         ],
     },
 )

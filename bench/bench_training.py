@@ -34,14 +34,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from integration.llava_data import CharTokenizer, SyntheticCaptions, reference_batch  # noqa: E402
-from integration.train_llava import build_tiny_llava, padding_cost  # noqa: E402
 from ogkernels.budget import og_token_counts  # noqa: E402
-from ogkernels.integrations.hf_llava import (  # noqa: E402
-    apply_ogfusion_to_llava,
-    reference_connector_like,
-    reference_llava_forward,
-)
+from ogkernels.integrations.hf_llava import apply_ogfusion_to_llava  # noqa: E402
+from ogkernels.jobs.llava_data import CharTokenizer, SyntheticCaptions, reference_batch  # noqa: E402
+from ogkernels.jobs.llava_model import build_tiny_llava  # noqa: E402
+from ogkernels.jobs.train_metrics import padding_cost  # noqa: E402
+from ogkernels.tools.reference_llava import reference_connector_like, reference_llava_forward  # noqa: E402
 from ogkernels.integrations.llava_collator import OGLlavaCollator  # noqa: E402
 from ogkernels.packing import plan_packing  # noqa: E402
 from ogkernels.tools.profiling import HostSyncCounter  # noqa: E402

@@ -17,7 +17,7 @@ image at 336×336) and bf16 features, :func:`cost_record` returns:
   the reference projects ``B·L_max`` rows (pad rows included), ours ``T`` rows or, with
   project-then-gather, ``B·(V+1)+1`` rows (``OGFusion._project_first`` decides) plus a
   gather of ``T`` projected rows.
-* ``llm``: LLM tokens and causal attention FLOPs for Llama-3-8B (``integration.train_llava.
+* ``llm``: LLM tokens and causal attention FLOPs for Llama-3-8B (``ogkernels.jobs.train_metrics.
   padding_cost`` over ``ogkernels.budget``): the reference's padded image rows vs packed.
   Image rows only (text adds the same tokens to both).
 
@@ -30,7 +30,7 @@ import dataclasses
 
 import torch
 
-from integration.train_llava import padding_cost
+from ogkernels.jobs.train_metrics import padding_cost
 from ogkernels import OGFusion, downsample_masks, og_tokens
 from ogkernels.tools import costmodel as cm
 from ogkernels import reference as R

@@ -15,7 +15,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from integration.train_llava import tiny_llava_config  # noqa: E402
+from ogkernels.jobs.llava_model import tiny_llava_config  # noqa: E402
 from ogkernels.integrations.hf_llava import OGLlavaConfig, OGLlavaForConditionalGeneration  # noqa: E402
 from ogkernels.integrations.hf_processor import OGLlavaProcessor  # noqa: E402
 from ogkernels.tools.synthetic import sam2_like_masks  # noqa: E402

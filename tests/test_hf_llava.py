@@ -24,8 +24,6 @@ from hypothesis import strategies as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from integration.llava_data import CharTokenizer, SyntheticCaptions, reference_batch  # noqa: E402
-from integration.train_llava import build_tiny_llava  # noqa: E402
 from ogkernels import reference as R  # noqa: E402
 from ogkernels.fusion import OGFusion  # noqa: E402
 from ogkernels.integrations import hf_llava  # noqa: E402
@@ -37,6 +35,8 @@ from ogkernels.integrations.hf_llava import (  # noqa: E402
 )
 from ogkernels.integrations.llava_collator import OGLlavaCollator, tokenize_conversation  # noqa: E402
 from ogkernels.integrations.og_llava import masks_to_device, use_ogfusion_in_reference_model  # noqa: E402
+from ogkernels.jobs.llava_data import CharTokenizer, SyntheticCaptions, reference_batch  # noqa: E402
+from ogkernels.jobs.llava_model import build_tiny_llava  # noqa: E402
 from ogkernels.packed_masks import PackedMasks  # noqa: E402
 from ogkernels.packing import IGNORE_INDEX  # noqa: E402
 from ogkernels.tools.reference_llava import reference_connector_like, reference_llava_forward  # noqa: E402
@@ -426,11 +426,6 @@ def test_reference_pad_rows_change_losses_and_cost_tokens(samples):
         else:
             assert abs(float(ref_batched[b] - ref_alone[b])) > 1e-4, (b, n, longest)
     assert pad_rows > 0 and labels.numel() > batch["input_ids"].shape[1]
-
-
-def test_baselines_still_reachable_from_their_old_home():
-    with pytest.warns(DeprecationWarning, match="moved to ogkernels.tools.reference_llava"):
-        assert hf_llava.reference_llava_forward is reference_llava_forward
 
 
 def test_conversation_tokenization_labels_only_answers():

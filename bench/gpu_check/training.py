@@ -49,7 +49,7 @@ def training_rows(ctx: Context) -> list[dict]:
         return [{"path": "both", "note": "skipped: no time left"}]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from bench import bench_training as bt
-    from ogkernels.integrations.hf_llava import reference_llava_forward
+    from ogkernels.tools.reference_llava import reference_llava_forward
 
     name = "tiny" if ctx.smoke else GPU_CONFIG
     bt.CONFIGS.setdefault(GPU_CONFIG, GPU_SPEC)

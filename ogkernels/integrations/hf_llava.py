@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from typing import Any
 
 import torch
@@ -485,24 +484,6 @@ def _register() -> None:
 
 
 _register()
-
-_MOVED_TO_TOOLS = ("ReferenceOutput", "reference_llava_forward", "reference_connector_like")
-
-
-def __getattr__(name: str) -> Any:
-    # The reference baselines moved to ogkernels.tools.reference_llava (the core does not
-    # import the reference); kept reachable here until their callers follow.
-    if name in _MOVED_TO_TOOLS:
-        warnings.warn(
-            f"ogkernels.integrations.hf_llava.{name} moved to ogkernels.tools.reference_llava",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        from ..tools import reference_llava
-
-        return getattr(reference_llava, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "OGLlavaConfig",
