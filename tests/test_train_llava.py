@@ -1,4 +1,5 @@
-"""``integration/train_llava.py``: the README's main job, its baseline, and a 2-process DDP run."""
+"""``python -m integration.train_llava`` (the shim of :mod:`ogkernels.jobs.train_llava`): the
+README's main job, its baseline, and a 2-process DDP run. The installed job: test_train_job.py."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from integration.train_llava import main  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_default_run_learns_and_reports_savings(capsys):
-    summary = main([])  # the README command: tiny model, synthetic data, 60 steps
+def test_default_run_learns_and_reports_savings(capsys, tmp_path):
+    summary = main(["--output-dir", str(tmp_path)])  # the README command: tiny model, synthetic data, 60 steps
     out = capsys.readouterr().out
     assert summary["last_loss"] < 0.5 * summary["first_loss"], summary
     # packing saves tokens; attention (quadratic) saves more than tokens
@@ -28,27 +29,28 @@ def test_default_run_learns_and_reports_savings(capsys):
     assert "tok/s" in out and "saved" in out and "attention FLOPs" in out
 
 
-def test_baseline_reference_path_trains():
-    summary = main(["--steps", "3", "--baseline", "--image-size", "56", "--batch-size", "4"])
+def test_baseline_reference_path_trains(tmp_path):
+    summary = main(["--steps", "3", "--baseline", "--image-size", "56", "--batch-size", "4", "--output-dir", str(tmp_path)])
     assert math.isfinite(summary["last_loss"])
     assert 3.0 < summary["first_loss"] < 6.0  # ≈ ln(128) at random init
 
 
-def test_varlen_attention_implementation_trains():
-    summary = main(["--steps", "4", "--image-size", "56", "--attn-implementation", "ogkernels_varlen"])
-    reference = main(["--steps", "4", "--image-size", "56", "--attn-implementation", "sdpa"])
+def test_varlen_attention_implementation_trains(tmp_path):
+    common = ["--steps", "4", "--image-size", "56", "--no-save", "--output-dir", str(tmp_path)]
+    summary = main([*common, "--attn-implementation", "ogkernels_varlen"])
+    reference = main([*common, "--attn-implementation", "sdpa"])
     # same seed, same data, same math: the two attention paths train identically (float32)
     assert summary["first_loss"] == pytest.approx(reference["first_loss"], rel=1e-5)
     assert summary["last_loss"] == pytest.approx(reference["last_loss"], rel=1e-3)
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu():
+def test_ddp_two_processes_on_cpu(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "integration.train_llava",
-        "--steps", "3", "--batch-size", "2", "--image-size", "56", "--log-every", "1",
+        "--steps", "3", "--batch-size", "2", "--image-size", "56", "--log-every", "1", "--output-dir", str(tmp_path),
     ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
     output = result.stdout + result.stderr
