@@ -170,24 +170,14 @@ class LlavaJsonDataset(torch.utils.data.Dataset):
 def packed_lengths(dataset: Any, collate: Any) -> list[int]:
     """Every sample's packed length — text tokens plus its image's OG tokens, after the
     collator's ``max_length`` truncation — as ``collate`` (an ``OGLlavaCollator``) packs it:
-    the lengths a :class:`ogkernels.packing.TokenBudgetSampler` groups by.
+    the lengths a :class:`ogkernels.packing.TokenBudgetSampler` groups by
+    (``OGLlavaCollator.sample_length``: exact, or an upper bound where the batch gate
+    would shrink an image inside a batch).
 
     Uses ``dataset.length_sample(i)`` where the dataset has it (text and masks without
-    reading the image), else ``dataset[i]``. Each image is counted alone with the collator's
-    counter: exact for an image with a set mask pixel, and an upper bound otherwise (the
-    reference's batch gate gives a mask-less image ``V`` tokens alone, at most ``V`` in a
-    batch), so a batch of these lengths never packs longer than their sum."""
+    reading the image), else ``dataset[i]``."""
     get = getattr(dataset, "length_sample", dataset.__getitem__)
-    lengths = []
-    for index in range(len(dataset)):
-        encoded = collate.encode(get(index), index=index)
-        length = int(encoded["input_ids"].numel())
-        if encoded["pixel_values"] is not None:
-            length += int(collate.count_tokens([encoded["masks"]])[0]) - 1  # the placeholder expands
-        if collate.max_length is not None and collate.truncation == "drop_text_tail":
-            length = min(length, collate.max_length)
-        lengths.append(length)
-    return lengths
+    return [collate.sample_length(get(index), index=index) for index in range(len(dataset))]
 
 
 def reference_batch(
