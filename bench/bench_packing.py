@@ -13,8 +13,9 @@
    * ``token-budget``: :class:`ogkernels.packing.TokenBudgetSampler` batches of at most ``N``
      tokens, ``N`` = the longest packed ``B``-sample row above (the same peak row, fuller steps).
    ``extra_info``: samples/s and real LLM tokens/s (text + OG tokens) of the epoch, LLM rows
-   run, padding fraction, steps, mean budget fill, and the peak of each step's new CPU
-   allocations (torch profiler memory timeline, one profiled pass): min / max / spread.
+   run, padding fraction, steps, the shortest and longest step's rows, mean budget fill, and
+   the peak of each step's new CPU allocations (torch profiler memory timeline, one profiled
+   pass): min / max / spread.
 2. ``test_loader``: a ``DataLoader`` with 2 workers making the collated batches (text, OG token
    counts, masks) of 480×640 images with 20–60 real SA-V mask shapes (``sav_000001``, CC BY
    4.0, as ``bench_mask_store.py`` builds them), the masks read as full bit-packed masks
@@ -51,7 +52,7 @@ from .bench_training import peak_new_cpu_bytes  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
 FULL = os.environ.get("OGKERNELS_BENCH_FULL") == "1"
-POOL = int(os.environ.get("OGKERNELS_BENCH_POOL", 48 if FULL else 24))  # samples per epoch
+POOL = int(os.environ.get("OGKERNELS_BENCH_POOL", 48 if FULL else 16))  # samples per epoch
 BATCH = 4  # samples per step of the fixed-size paths
 MODEL = dict(image_size=168, vision_hidden=128, vision_layers=2, text_hidden=512, text_layers=4, heads=8, kv_heads=4)
 TOKENIZER = CharTokenizer()
@@ -152,6 +153,7 @@ def test_epoch(benchmark, path):
     tokens = sum(c["tokens"] for c in costs)
     rows = sum(c["tokens_ref"] if path == "reference-padded" else c["tokens"] for c in costs)
     samples = sum(c["samples"] for c in costs)
+    step_rows = [c["tokens_ref"] if path == "reference-padded" else c["tokens"] for c in costs]
     assert samples == POOL  # every path trains on every sample once
     peaks = [peak_new_cpu_bytes(lambda p=packed, r=ref: step(p, r)) for packed, ref in batches]
     info = {
@@ -160,7 +162,8 @@ def test_epoch(benchmark, path):
         "llm_rows": rows,
         "padding_fraction": 1 - tokens / rows,
         "steps": len(batches),
-        "max_step_rows": max(c["tokens_ref"] if path == "reference-padded" else c["tokens"] for c in costs),
+        "step_rows_min": min(step_rows),
+        "step_rows_max": max(step_rows),
     }
     if path == "token-budget":
         info["mean_fill"] = statistics.mean(c["tokens"] / state["budget"] for c in costs)
