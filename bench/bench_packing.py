@@ -24,7 +24,7 @@
    (``MaskStore.get``) or as stored Φ bitmaps (``MaskStore.load_bitmaps``, V = 576):
    images/s and bytes per image handed to the training process.
 
-Run (about 2–3 min on 2 idle cores; ``OGKERNELS_BENCH_FULL=1`` doubles the pool,
+Run (4.5 min on the busy 2-core VM, 4.5 CPU-minutes; ``OGKERNELS_BENCH_FULL=1`` triples the pool,
 ``OGKERNELS_BENCH_POOL=n`` sets it)::
 
     .venv/bin/python -m pytest bench/bench_packing.py -q -p no:cacheprovider
