@@ -418,7 +418,8 @@ def train(args: argparse.Namespace, mode: str = "packed", log: MetricsLog | None
 
 
 def summarize(records: list[dict[str, Any]], totals: dict[str, int]) -> dict[str, Any]:
-    """Loss, step time and throughput (medians after the first step) and the cost totals."""
+    """Loss, step time (median and mean), throughput (LLM rows/s: median of the steps; real
+    tokens/s and samples/s: totals over time), all after the first step, and the cost totals."""
     losses = [r["loss"] if r["loss"] is not None else math.nan for r in records]
     warm = records[1:] if len(records) > 1 else records
     return {
@@ -427,7 +428,7 @@ def summarize(records: list[dict[str, Any]], totals: dict[str, int]) -> dict[str
         "step_time_s": statistics.median(r["time_s"] for r in warm),
         "mean_step_time_s": sum(r["time_s"] for r in warm) / len(warm),
         "tokens_per_s": statistics.median(r["llm_rows"] / r["time_s"] for r in warm),
-        "real_tokens_per_s": statistics.median(r["tokens_per_s"] for r in warm),
+        "real_tokens_per_s": sum(r["tokens"] for r in warm) / sum(r["time_s"] for r in warm),
         "samples_per_s": sum(r["samples"] for r in warm) / sum(r["time_s"] for r in warm),
         "padding_fraction": 1 - sum(r["tokens"] for r in records) / max(sum(r["llm_rows"] for r in records), 1),
         "max_step_tokens": max(r["tokens"] for r in records),
@@ -466,7 +467,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"[train_llava] summary ({s['mode']})", flush=True)
     print(f"  loss {s['first_loss']:.4f} -> {s['last_loss']:.4f} (mean of last 5 steps)")
     print(f"  step time {s['step_time_s'] * 1e3:.0f} ms median ({s['mean_step_time_s'] * 1e3:.0f} ms mean), "
-          f"{s['real_tokens_per_s']:.0f} real LLM tokens/s median, {s['samples_per_s']:.1f} samples/s "
+          f"{s['real_tokens_per_s']:.0f} real LLM tokens/s, {s['samples_per_s']:.1f} samples/s "
           f"(after the first step), padding {100 * s['padding_fraction']:.1f}% of LLM rows")
     print(f"  LLM tokens (ours vs reference padded): {saved(s['tokens'], s['tokens_ref'])}")
     print(f"  attention FLOPs (causal, all layers):  {saved(s['attention_flops'], s['attention_flops_ref'])}")

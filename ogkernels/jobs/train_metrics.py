@@ -145,9 +145,9 @@ def plot_metrics(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> 
         axes[2].plot(micro, [r["llm_rows"] for r in rows], label=f"{labels.get(mode, mode)} (ran)", **style)
         if mode == "packed" and "reference" not in by_mode:
             axes[2].plot(micro, [r["tokens_ref"] for r in rows], "--", color="tab:red", label="reference padded (counted)")
-        budget = rows[0].get("token_budget")
-        if budget:
-            axes[2].axhline(budget, color="grey", linestyle=":", label=f"token budget {budget}")
+    budget = next((r["token_budget"] for rows in by_mode.values() for r in rows if r.get("token_budget")), None)
+    if budget:
+        axes[2].axhline(budget, color="grey", linestyle=":", label=f"token budget {budget}")
     titles = ("training loss", "real LLM tokens / s (text + OG tokens)", "LLM rows per step")
     for axis, title in zip(axes, titles):
         axis.set_title(title)
