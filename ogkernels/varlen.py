@@ -55,15 +55,19 @@ class VarlenBatch:
             fail("max_seqlen", "a Python int", self.max_seqlen, error=TypeError)
         if self.source_index is not None:
             check_tensor("source_index", self.source_index)
-            expected = f"a ({self.values.shape[0]},) int64 tensor (one code per row)"
+            # the message is formatted only on failure: formatting a symbolic size under
+            # torch.compile would specialise it (a recompile per layout)
             if self.source_index.dtype != torch.int64:
-                fail("source_index", expected, self.source_index, error=TypeError)
+                fail("source_index", self._source_index_expected(), self.source_index, error=TypeError)
             if self.source_index.shape != self.values.shape[:1]:
-                fail("source_index", expected, self.source_index)
+                fail("source_index", self._source_index_expected(), self.source_index)
             if self.source_index.device != self.values.device:
                 fail("source_index", f"a tensor on {self.values.device} (the values' device)", self.source_index)
         if self.validate is True or (self.validate is None and self.cu_seqlens.device.type == "cpu"):
             self._check_offsets()
+
+    def _source_index_expected(self) -> str:
+        return f"a ({self.values.shape[0]},) int64 tensor (one code per row)"
 
     def _check_offsets(self) -> None:
         offsets = self.cu_seqlens.tolist()
