@@ -10,7 +10,7 @@ takes; ``backend=`` picks one):
   (torch >= 2.11: nothing to install), for CUDA fp16/bf16 inputs on sm_80+ with
   ``headdim % 8 == 0`` and ``headdim <= 256``, when flash-attn is not installed;
 * ``"torch"``: the exact PyTorch path everywhere else — per group of equally long sequences
-  one ``scaled_dot_product_attention`` call in float32, the result cast back.
+  one ``scaled_dot_product_attention`` call in float32 (grouped-query heads without copies), the result cast back.
 
 Everything is imported lazily: ``import ogkernels`` needs neither flash-attn nor a GPU.
 """
@@ -358,15 +358,12 @@ def _attend(
     seeing = q[:, blind:]
     if seeing.shape[1] == 0:
         return out
-    if groups > 1:
-        k = k.repeat_interleave(groups, dim=2)
-        v = v.repeat_interleave(groups, dim=2)
     query, key, value = seeing.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     mask, square = None, seeing.shape[1] == len_k
     if causal and not square:
         rows = torch.arange(seeing.shape[1], device=q.device)[:, None] + (blind + len_k - len_q)
         mask = torch.arange(len_k, device=q.device)[None, :] <= rows
     attended = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, is_causal=causal and square, scale=scale
+        query, key, value, attn_mask=mask, is_causal=causal and square, scale=scale, enable_gqa=groups > 1
     )
     return torch.cat([out, attended.transpose(1, 2)], dim=1)
