@@ -161,6 +161,21 @@ def test_projection_orders_with_layouts_match_the_reference(projection, layout):
                 torch.testing.assert_close(rows, expected[b, : embedding.lengths[b]], rtol=1e-5, atol=1e-5)
 
 
+def test_an_empty_batch_gives_empty_outputs(backend, device):
+    # B = 0: no image, no token, offsets [0] — sized without reading an empty max
+    features = torch.zeros(0, 9, 4, device=device)
+    with using(backend):
+        out = og_tokens(features, [])
+        bounded = og_tokens(features, [], max_tokens=4)
+        fusion = OGFusion(4, 6).to(device)
+        projected = fusion(features, [])
+        padded = fusion(features, [], output="padded")
+    assert out.values.shape == (0, 4) and out.cu_seqlens.tolist() == [0] and out.max_seqlen == 0
+    assert bounded.values.shape == (4, 4) and bounded.cu_seqlens.tolist() == [0]
+    assert projected.values.shape == (0, 6) and padded.tokens.shape == (0, 0, 6) and padded.lengths.numel() == 0
+    assert out.to_padded().shape == (0, 0, 4) and out.split() == []
+
+
 class _Layer(torch.nn.Module):
     is_causal = True
 
