@@ -53,6 +53,16 @@ def test_to_padded_width_pads_every_sequence_to_the_width(pad):
     assert torch.equal(batch.to_padded(pad_value), reference_padding(values, lengths, 5, pad_value))
 
 
+def test_to_padded_width_zero_and_map_values():
+    empty = VarlenBatch(torch.zeros(2, 3), torch.zeros(3, dtype=torch.int32), 0)  # two empty sequences
+    assert empty.to_padded(width=0).shape == (2, 0, 3)
+    batch = VarlenBatch(torch.arange(15.0).view(5, 3), torch.tensor([0, 2, 5], dtype=torch.int32), 3)
+    mapped = batch.map_values(torch.arange(10.0).view(5, 2))
+    assert mapped.cu_seqlens is batch.cu_seqlens and mapped.max_seqlen == 3
+    assert torch.equal(mapped.to_padded(), torch.tensor([[[0.0, 1], [2, 3], [0, 0]], [[4, 5], [6, 7], [8, 9]]]))
+    assert batch.map_values(torch.zeros(5)).values.shape == (5,)  # one value per row
+
+
 def masks_and_features(seed: int = 0, v: int = 9, width: int = 8):
     g = torch.Generator().manual_seed(seed)
     masks = [torch.rand(3, 6, 7, generator=g) < 0.4, None, torch.rand(2, 5, 5, generator=g) < 0.2]
