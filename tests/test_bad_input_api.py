@@ -516,6 +516,8 @@ PACKING = [
     Case("image_lengths int64 overflow in a tensor", lambda: plan(image_lengths=torch.tensor([2**40, 0])), ValueError, named("image_lengths")),
     Case("input_ids on meta", lambda: plan(input_ids=[torch.tensor([1, -200], device=META), torch.tensor([4, 5], device=META)]), ValueError, named("input_ids[0]") + ".*meta"),
     Case("pack input_ids None", lambda: pack(input_ids=None), TypeError, named("input_ids")),
+    Case("embed_tokens returning 3-D rows", lambda: pack(embed_tokens=lambda t: torch.zeros(t.numel(), 1, 4)), ValueError, named("embed_tokens")),
+    Case("embed_packed image_tokens None with image rows", lambda: embed_packed(plan(), None, lambda t: torch.zeros(t.numel(), 4)), ValueError, named("image_tokens") + ".*3 image rows"),
     Case("embed_packed image rows short", lambda: embed_packed(plan(), torch.zeros(2, 4), lambda t: torch.zeros(t.numel(), 4)), ValueError, named("image_tokens")),
 ]
 
@@ -663,3 +665,18 @@ def test_case_ids_unique_and_enough() -> None:
         ids = [case.id for case in table]
         assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1]
     assert len(TENSOR_CASES) + len(OTHER_CASES) >= 150
+
+
+def test_edges_that_are_valid() -> None:
+    # the limits themselves are accepted: a bad-input check must not refuse good input
+    from ogkernels.options import parse_grid
+
+    INT32_MAX = 2**31 - 1  # spelled out: the library's own constant is under test
+
+    assert parse_grid(16, "patch") == (4, 4) and parse_grid(1, "patch") == (1, 1)
+    assert parse_grid(INT32_MAX, "flat") == (1, INT32_MAX)
+    assert OGTokenOptions(mode="patch").grid_shape(16) == (4, 4)
+    assert OGTokenOptions(max_image_tokens=INT32_MAX, max_batch_tokens=INT32_MAX).max_image_tokens == INT32_MAX
+    assert varlen(validate=True).max_seqlen == 3 and varlen(validate=False).max_seqlen == 3
+    out = og_tokens(features(), [masks(), None], max_tokens=INT32_MAX // 2**20)
+    assert out.values.shape[0] == INT32_MAX // 2**20

@@ -186,6 +186,14 @@ def test_an_empty_batch_gives_empty_outputs(backend, device):
     assert out.to_padded().shape == (0, 0, 4) and out.split() == []
 
 
+def test_packed_layout_sample_lengths():
+    from ogkernels.packing import plan_packing
+
+    layout = plan_packing([torch.tensor([1, -200, 2]), torch.tensor([3]), torch.tensor([-200])], [4, 0, 2])
+    assert layout.sample_lengths.tolist() == [6, 1, 2]
+    assert layout.cu_seq_lens.tolist() == [0, 6, 7, 9] and layout.max_length == 6
+
+
 class _Layer(torch.nn.Module):
     is_causal = True
 
