@@ -11,7 +11,8 @@ Scope: the PyTorch paths. Mutants inside a Triton launcher (a definition named `
 for one test run per mutant on a CPU. Mutants inside a type annotation are equivalent by
 construction (every module has ``from __future__ import annotations``: annotations are never
 evaluated) and are not sampled. The sample is the ``K`` mutants with the smallest
-SHA-256 of ``module|operator|occurrence|line:col``: the same source gives the same sample.
+SHA-256 of ``module|operator|occurrence|line:col`` (prefixed by ``MUTATION_SEED`` when set):
+the same source and seed give the same sample.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ast
 import functools
 import hashlib
 import json
+import os
 import re
 import sys
 
@@ -81,7 +83,8 @@ def in_annotation(mutation) -> bool:
 
 
 def _key(mutation) -> str:
-    text = f"{mutation.module_path}|{mutation.operator_name}|{mutation.occurrence}|{mutation.start_pos[0]}:{mutation.start_pos[1]}"
+    seed = os.environ.get("MUTATION_SEED", "")  # another seed: another, independent sample
+    text = seed + f"{mutation.module_path}|{mutation.operator_name}|{mutation.occurrence}|{mutation.start_pos[0]}:{mutation.start_pos[1]}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -8,7 +8,8 @@
 # module: cosmic-ray init → a deterministic sample (scripts/mutation.py) → exec, with that
 # module's fast targeted tests as the test command. Sessions: .mutation/sessions/*.sqlite;
 # the summary with every survivor's diff: .mutation/report.json. Environment: PYTHON (default
-# the project venv or python3), MUTATION_SAMPLE=N overrides every module's sample size.
+# the project venv or python3), MUTATION_SAMPLE=N overrides every module's sample size,
+# MUTATION_SEED=S draws another sample.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
