@@ -19,6 +19,7 @@ from ogkernels import reference as R
 from ogkernels.kernels.codes import PAD_ROW
 
 from .backends import using
+from .oracle import flags_for
 
 
 def padded_to(block: torch.Tensor, width: int, pad: torch.Tensor | float) -> torch.Tensor:
@@ -140,16 +141,6 @@ LAYOUTS = [
 ]
 
 
-def flags_for(global_view="mean", no_masktoken=False, image_filling=False, averaging=False, max_masks=None):
-    return R.ReferenceFlags(
-        global_view=global_view != "none",
-        averaging_global_view=global_view == "mean",
-        no_masktoken=no_masktoken,
-        image_filling=image_filling,
-        averaging=averaging,
-        mask_limiting=max_masks is not None,
-        mask_limit=max_masks or 20,
-    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))

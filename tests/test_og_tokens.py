@@ -18,6 +18,7 @@ from ogkernels.budget import og_token_counts
 from ogkernels.tokens import og_token_lengths, og_tokens
 from ogkernels.varlen import BOM_ROW, GLOBAL_ROW, PAD_ROW
 
+from .oracle import flags_for
 from .strategies import mask_stacks
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
@@ -29,16 +30,6 @@ GRAD_TOL = {
 }
 
 
-def flags_for(global_view="mean", no_masktoken=False, image_filling=False, averaging=False, max_masks=None):
-    return R.ReferenceFlags(
-        global_view=global_view != "none",
-        averaging_global_view=global_view == "mean",
-        no_masktoken=no_masktoken,
-        image_filling=image_filling,
-        averaging=averaging,
-        mask_limiting=max_masks is not None,
-        mask_limit=max_masks or 20,
-    )
 
 
 options = st.fixed_dictionaries(
