@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .ops.host import upload
-from ._validation import check_choice, check_tensor, describe, fail
+from ._validation import check_choice, check_int, check_tensor, describe, fail
 from .batch_sampler import TokenBudgetSampler
 from .options import INT32_MAX
 from .varlen import VarlenBatch
@@ -328,30 +328,40 @@ def merge_image_tokens(
     image_tokens: VarlenBatch | torch.Tensor | None,
     embed_tokens: EmbedFn,
     image_token_id: int,
+    *,
+    image_rows: int | None = None,
 ) -> torch.Tensor:
     """Embeddings of token ids that already hold one ``image_token_id`` per visual row.
 
     The Hugging Face form (a processor or :class:`~ogkernels.integrations.hf_llava.OGLlavaCollator`
     expanded each image to its token count): ``input_ids`` of any shape ``(..., S)``; the
     ``k``-th placeholder in row-major order receives image row ``k``. One ``gather_rows`` over
-    ``[text embeddings, image rows]``. Returns ``(..., S, D)``.
+    ``[embeddings of every position, image rows]`` (placeholders embed id 0, unused: no
+    data-dependent shape). Returns ``(..., S, D)``.
 
-    Raises ``ValueError`` when the placeholder count differs from the image rows (one host
-    read of the count).
+    ``image_rows``: the number of placeholders when the caller knows it (the collator does):
+    then nothing is read back from the device — the image rows are ``values[:image_rows]`` and
+    the count is checked on the device (on a CPU tensor: on the host). Without it, two host
+    reads (the rows in use, the placeholder count).
+
+    Raises ``ValueError`` when the placeholder count differs from the image rows.
     """
     check_tensor("input_ids", input_ids)
     if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
         fail("input_ids", "an integer tensor", input_ids, error=TypeError)
     flat = input_ids.reshape(-1)
     is_image = flat == image_token_id
-    values = image_tokens.values[: image_tokens.total_tokens] if isinstance(image_tokens, VarlenBatch) else image_tokens
-    count = int(is_image.sum())
-    available = 0 if values is None else values.shape[0]
-    if count != available:
-        fail("input_ids", f"{available} image placeholders ({image_token_id}), one per image row", f"{count} placeholders")
-    text_rank = torch.cumsum(~is_image, 0) - 1
+    if image_rows is None:
+        values = image_tokens.values[: image_tokens.total_tokens] if isinstance(image_tokens, VarlenBatch) else image_tokens
+        count = int(is_image.sum())
+        available = 0 if values is None else values.shape[0]
+        if count != available:
+            fail("input_ids", f"{available} image placeholders ({image_token_id}), one per image row", f"{count} placeholders")
+    else:
+        values = _bounded_image_rows(image_tokens, image_rows)
+        _check_placeholders_on_device(is_image, image_rows, image_token_id)
     image_rank = torch.cumsum(is_image, 0) - 1
-    text = embed_tokens(flat[~is_image])
+    text = embed_tokens(torch.where(is_image, 0, flat))  # placeholder ids need not be in the vocabulary (-200)
     if values is None:
         values = text.new_zeros(0, text.shape[1])
     if values.shape[1] != text.shape[1]:
@@ -359,9 +369,34 @@ def merge_image_tokens(
     rows = _gather_rows()(
         [text, values.to(device=text.device, dtype=text.dtype)],
         is_image.long(),
-        torch.where(is_image, image_rank, text_rank),
+        torch.where(is_image, image_rank, torch.arange(flat.numel(), device=flat.device)),
     )
     return rows.reshape(*input_ids.shape, text.shape[1])
+
+
+def _bounded_image_rows(image_tokens: VarlenBatch | torch.Tensor | None, image_rows: Any) -> torch.Tensor | None:
+    """The first ``image_rows`` rows of the image tokens (a static slice: no host read)."""
+    check_int("image_rows", image_rows, minimum=0)
+    values = image_tokens.values if isinstance(image_tokens, VarlenBatch) else image_tokens
+    available = 0 if values is None else values.shape[0]
+    if image_rows > available:
+        fail("image_rows", f"<= {available} (the image rows the connector produced)", image_rows)
+    if isinstance(image_tokens, VarlenBatch) and image_tokens.cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
+        used = int(image_tokens.cu_seqlens[-1])
+        if used != image_rows:
+            fail("image_rows", f"{used} (the image rows in use)", image_rows)
+    elif isinstance(image_tokens, VarlenBatch):
+        torch._assert_async(image_tokens.cu_seqlens[-1] == image_rows, "image_rows: expected the image rows in use")
+    return None if values is None else values[:image_rows]
+
+
+def _check_placeholders_on_device(is_image: torch.Tensor, image_rows: int, image_token_id: int) -> None:
+    if is_image.device.type == "cpu" and not torch.compiler.is_compiling():
+        count = int(is_image.sum())
+        if count != image_rows:
+            fail("input_ids", f"{image_rows} image placeholders ({image_token_id}), one per image row", f"{count} placeholders")
+    else:
+        torch._assert_async(is_image.sum() == image_rows, "input_ids: expected one image placeholder per image row")
 
 
 def _gather_rows() -> Callable[..., torch.Tensor]:

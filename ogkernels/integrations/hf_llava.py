@@ -42,7 +42,7 @@ from transformers import AutoConfig, AutoProcessor, LlavaConfig, LlavaForConditi
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
 
-from .._validation import check_choice, fail
+from .._validation import check_choice, check_int, fail
 from ..fusion import PROJECTION_ORDERS, OGFusion
 from ..ops.index import position_ids_from_cu_seqlens
 from ..options import OGTokenOptions
@@ -206,11 +206,17 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             mm_token_type_ids: ``(B, T)``, 1 where a placeholder is an image row (the
                 processor's output; ``generate`` extends it with 0 for new tokens): an image id
                 elsewhere — one the model generated — is an ordinary token.
+            image_rows (in ``kwargs``): the number of image placeholders in ``input_ids``
+                (``OGLlavaCollator`` returns it): the connector's buffer and the merge are then
+                sized by it, with no host read (the counts are checked on the device).
 
         Returns:
             ``LlavaCausalLMOutputWithPast``: ``loss``, ``logits``, ``image_hidden_states`` =
             the connector's rows ``(T, llm_dim)``.
         """
+        image_rows = kwargs.pop("image_rows", None)
+        if image_rows is not None:
+            check_int("image_rows", image_rows, minimum=1 if pixel_values is not None else 0)
         if (input_ids is None) == (inputs_embeds is None):
             fail("input_ids", "exactly one of input_ids and inputs_embeds", "both" if input_ids is not None else "neither")
         if masks is not None and pixel_values is None:
@@ -219,9 +225,9 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if pixel_values is not None:
             if input_ids is None:
                 fail("input_ids", "token ids with image placeholders when pixel_values is given", "None")
-            image_tokens = self.image_tokens(pixel_values, masks)
+            image_tokens = image_tokens_for(self, pixel_values, masks, max_tokens=image_rows)
         if inputs_embeds is None:
-            inputs_embeds = self._embed(input_ids, image_tokens, mm_token_type_ids)
+            inputs_embeds = self._embed(input_ids, image_tokens, mm_token_type_ids, image_rows)
 
         if kwargs.get("cu_seq_lens_q") is not None:
             if attention_mask is not None:
@@ -259,7 +265,11 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         )
 
     def _embed(
-        self, input_ids: torch.Tensor, image_tokens: VarlenBatch | None, mm_token_type_ids: torch.Tensor | None
+        self,
+        input_ids: torch.Tensor,
+        image_tokens: VarlenBatch | None,
+        mm_token_type_ids: torch.Tensor | None,
+        image_rows: int | None = None,
     ) -> torch.Tensor:
         embed = self.get_input_embeddings()
         if image_tokens is None:
@@ -272,7 +282,7 @@ class OGLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             table = embed
             embed = lambda ids: table(torch.where(ids == PARKED_IMAGE_ID, image_id, ids))  # noqa: E731
         try:
-            return merge_image_tokens(input_ids, image_tokens, embed, image_id)
+            return merge_image_tokens(input_ids, image_tokens, embed, image_id, image_rows=image_rows)
         except ValueError as error:
             raise ValueError(
                 f"{error}; input_ids must hold each image's OG token count for this model's connector "
@@ -448,13 +458,15 @@ def llava_vision_features(model: nn.Module, pixel_values: torch.Tensor) -> torch
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
 
 
-def image_tokens_for(model: nn.Module, pixel_values: torch.Tensor, masks: Any) -> VarlenBatch:
+def image_tokens_for(model: nn.Module, pixel_values: torch.Tensor, masks: Any, *, max_tokens: int | None = None) -> VarlenBatch:
     """The connector's tokens for a batch of images: ``VarlenBatch (T, llm_dim)``; ``masks``
-    are moved to the features' device first (pinned, non-blocking from the host)."""
+    are moved to the features' device first (pinned, non-blocking from the host).
+    ``max_tokens``: a bound on the batch's rows (sizes the buffer without a host read)."""
     features = llava_vision_features(model, pixel_values)
     if masks is not None:
         masks = masks_to_device(masks, features.device)
-    tokens = model.model.multi_modal_projector(features, masks)
+    projector = model.model.multi_modal_projector
+    tokens = projector(features, masks) if max_tokens is None else projector(features, masks, max_tokens=max_tokens)
     if not isinstance(tokens, VarlenBatch):
         fail("model.model.multi_modal_projector", "a connector returning a VarlenBatch", tokens, error=TypeError)
     return tokens

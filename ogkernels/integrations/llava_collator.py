@@ -205,7 +205,8 @@ class OGLlavaCollator:
 
     Returns a dict: ``input_ids``, ``labels``, ``position_ids`` ``(1, S)`` int64;
     ``cu_seq_lens_q/k`` ``(B+1,)`` int32; ``max_length_q/k`` int; ``pixel_values``
-    ``(n_images, C, H, W)`` or None; ``masks`` (list, one per image) or None.
+    ``(n_images, C, H, W)`` or None; ``masks`` (list, one per image) or None; ``image_rows``
+    (int: the image placeholders, so the model sizes its image rows without a host read).
     """
 
     image_token_id: int | None = None
@@ -302,6 +303,7 @@ class OGLlavaCollator:
             "max_length_k": layout.max_length,
             "pixel_values": torch.stack(pixels) if pixels else None,
             "masks": masks if pixels else None,
+            "image_rows": int(layout.image_lengths.sum()),
         }
 
     def encode(self, sample: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
