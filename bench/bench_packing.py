@@ -24,7 +24,8 @@
    (``MaskStore.get``) or as stored Φ bitmaps (``MaskStore.load_bitmaps``, V = 576):
    images/s and bytes per image handed to the training process.
 
-Run (4.5 min on the busy 2-core VM, 4.5 CPU-minutes; ``OGKERNELS_BENCH_FULL=1`` triples the pool,
+Two sample mixes (``MIXES``): ``narrow`` (3–12 masks, 20–200 extra characters) and ``wide``
+(1–24 masks, 20–600 characters). Run (about 3 min on 2 idle cores; ``OGKERNELS_BENCH_FULL=1`` triples the pool,
 ``OGKERNELS_BENCH_POOL=n`` sets it)::
 
     .venv/bin/python -m pytest bench/bench_packing.py -q -p no:cacheprovider
@@ -63,15 +64,24 @@ PATHS = ("reference-padded", "varlen-one-row", "token-budget")
 WORDS = ("object", "mask", "region", "left", "right", "colour", "shape", "near", "above", "the", "a", "blob")
 
 
-def og_like_samples(count: int, seed: int = 1) -> list[dict]:
+#: The sample mixes: masks per image and extra characters of text per sample.
+MIXES = {
+    "narrow": {"masks_per_image": (3, 12), "extra_text": (20, 200)},  # OG tokens 131-441 per image (pool of 16)
+    "wide": {"masks_per_image": (1, 24), "extra_text": (20, 600)},  # OG tokens 85-1,049 per image (pool of 16)
+}
+
+
+def og_like_samples(count: int, seed: int = 1, mix: str = "narrow") -> list[dict]:
     """Synthetic image–caption samples with SAM2-like masks and a varied amount of text."""
-    data = SyntheticCaptions(count, image_size=MODEL["image_size"], masks_per_image=(3, 12), original_sizes=(240, 480), seed=seed)
+    spec = MIXES[mix]
+    data = SyntheticCaptions(count, image_size=MODEL["image_size"], masks_per_image=spec["masks_per_image"],
+                             original_sizes=(240, 480), seed=seed)  # fmt: skip
     rng = np.random.default_rng(seed)
     samples = []
     for i in range(count):
         sample = dict(data[i])
         words, text = [], 0
-        target = int(rng.integers(20, 201))
+        target = int(rng.integers(spec["extra_text"][0], spec["extra_text"][1] + 1))
         while text < target:
             words.append(WORDS[int(rng.integers(len(WORDS)))])
             text += len(words[-1]) + 1
@@ -81,15 +91,23 @@ def og_like_samples(count: int, seed: int = 1) -> list[dict]:
 
 
 @functools.lru_cache(maxsize=1)
-def setup() -> dict:
-    """Models (the same weights), collator, samples and each path's batches."""
+def models() -> dict:
+    """The two models (the same weights) and the collator, shared by the mixes."""
     packed_model = apply_ogfusion_to_llava(build_tiny_llava("ogkernels_varlen", seed=0, **MODEL), attn_implementation=None)
     reference_model = build_tiny_llava("sdpa", seed=0, **MODEL)
     for model in (packed_model, reference_model):
         model.train()
     twin = reference_connector_like(packed_model.model.multi_modal_projector)
     collate = OGLlavaCollator.from_model(packed_model, tokenizer=TOKENIZER)
-    samples = og_like_samples(POOL)
+    return {"packed_model": packed_model, "reference_model": reference_model, "twin": twin, "collate": collate}
+
+
+@functools.lru_cache(maxsize=2)
+def setup(mix: str = "narrow") -> dict:
+    """Models, collator, the mix's samples and each path's batches."""
+    shared = models()
+    collate = shared["collate"]
+    samples = og_like_samples(POOL, mix=mix)
     fixed = [list(range(i, min(i + BATCH, POOL))) for i in range(0, POOL, BATCH)]
     packed_fixed = [collate([samples[i] for i in batch]) for batch in fixed]
     budget = max(int(b["cu_seq_lens_q"][-1]) for b in packed_fixed)
@@ -99,9 +117,7 @@ def setup() -> dict:
     sampler = TokenBudgetSampler(lengths, budget, shuffle=True, seed=0)
     by_budget = list(sampler)
     return {
-        "packed_model": packed_model,
-        "reference_model": reference_model,
-        "twin": twin,
+        **shared,
         "budget": budget,
         "lengths": lengths,
         "batches": {
@@ -137,11 +153,12 @@ def make_step(path: str, state: dict):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_epoch(benchmark, path):
-    state = setup()
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_epoch(benchmark, mix, path):
+    state = setup(mix)
     batches = state["batches"][path]
     step = make_step(path, state)
-    benchmark.group = (f"LLaVA epoch (fwd+bwd) of {POOL} OG-like samples: B={BATCH} vs token budget "
+    benchmark.group = (f"LLaVA epoch (fwd+bwd) of {POOL} OG-like samples ({mix} mix): B={BATCH} vs token budget "
                        f"{state['budget']}, V=144, Llama 4x512, fp32, CPU")  # fmt: skip
     step(*batches[0])  # warm-up outside the timing
 
