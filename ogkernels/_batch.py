@@ -95,10 +95,14 @@ def _dense_bitmaps(name: str, item: torch.Tensor, num_tokens: int) -> torch.Tens
 
 
 def _any_set(data: torch.Tensor) -> torch.Tensor | None:
-    """0-d bool: a byte of ``data`` is non-zero (None for an empty tensor)."""
+    """0-d bool: an element of ``data`` is non-zero (any non-zero byte of a bool mask; None for
+    an empty tensor)."""
     if data.numel() == 0:
         return None
-    return data.reshape(-1).any()
+    flat = data.reshape(-1)
+    if flat.dtype in (torch.bool, torch.uint8) and not torch.compiler.is_compiling():
+        return flat.view(torch.uint8).amax() > 0  # any non-zero byte; ~6x faster than any() on CPU
+    return flat.any()  # traceable on every torch (the byte view is not on 2.11)
 
 
 @dataclass
